@@ -1,0 +1,313 @@
+//! Configuration: one typed settings struct, read once at start-up from flags and environment
+//! variables (DESIGN §6, §10), validated with messages a person can act on.
+//!
+//! This is the only module that reads the environment (through clap). Tests take
+//! [`Settings::from_env`] and override the fields they care about; they never mutate the
+//! environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Every setting of `hookline serve`, `worker` and `all`. Each one is a flag with an
+/// environment variable behind it; `hookline --help` lists them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Database URL: `postgres://…` in production, `sqlite://…` for the embedded mode.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://.hookline/hookline.db?mode=rwc"
+    )]
+    pub database_url: String,
+
+    /// Redis URL for the job queue. Unset: the embedded queue in the SQLite database (only with
+    /// a SQLite `DATABASE_URL`).
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(
+        long = "listen",
+        env = "HOOKLINE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Base URL the outside world reaches this API at; webhook and OAuth callback URLs are built
+    /// from it. Default: `http://<listen address>`.
+    #[arg(long, env = "HOOKLINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Key that encrypts secrets at rest (webhook secrets, OAuth tokens): base64 of 32 bytes.
+    /// Required with Postgres; the embedded mode generates one into its data directory.
+    #[arg(long, env = "HOOKLINE_ENCRYPTION_KEY", value_parser = parse_secret, hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
+
+    /// Bearer token for the admin calls (`POST /api/v1/companies`). Unset with Postgres: the
+    /// admin calls are refused. The embedded mode generates one into its data directory.
+    #[arg(long, env = "HOOKLINE_ADMIN_TOKEN", value_parser = parse_secret, hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
+
+    /// OAuth client id of the Atlassian (Jira) app.
+    #[arg(long, env = "JIRA_CLIENT_ID")]
+    pub jira_client_id: Option<String>,
+
+    /// OAuth client secret of the Atlassian (Jira) app.
+    #[arg(long, env = "JIRA_CLIENT_SECRET", value_parser = parse_secret, hide_env_values = true)]
+    pub jira_client_secret: Option<SecretString>,
+
+    /// Base URL of Atlassian's OAuth server (tests point it at a fake on loopback).
+    #[arg(
+        long,
+        env = "ATLASSIAN_AUTH_URL",
+        default_value = "https://auth.atlassian.com"
+    )]
+    pub atlassian_auth_url: String,
+
+    /// Base URL of Atlassian's API gateway (tests point it at a fake on loopback).
+    #[arg(
+        long,
+        env = "ATLASSIAN_API_URL",
+        default_value = "https://api.atlassian.com"
+    )]
+    pub atlassian_api_url: String,
+
+    /// Delays before each retry of a failed delivery, comma-separated (`500ms`, `5s`, `5m`, `2h`,
+    /// `1d`). A delivery gets 1 + N attempts before it is dead.
+    #[arg(long, env = "HOOKLINE_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule)]
+    pub retry_schedule: RetrySchedule,
+
+    /// Allow subscriber URLs on loopback, private, link-local and metadata addresses.
+    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    /// Jobs of one queue a worker process runs at once.
+    #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub worker_concurrency: usize,
+
+    /// Address the worker serves Prometheus `/metrics` on (`hookline worker`). Unset: no listener.
+    #[arg(long, env = "HOOKLINE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Largest webhook body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "HOOKLINE_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub body_limit_bytes: usize,
+
+    /// Namespace of the queues in Redis; deployments sharing one Redis need different ones.
+    #[arg(long, env = "HOOKLINE_QUEUE_PREFIX", default_value = "hookline")]
+    pub queue_prefix: String,
+
+    /// How often each worker's sweeper looks for rows whose job was lost.
+    #[arg(long, env = "HOOKLINE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// How long a claimed or freshly enqueued row is left alone before the sweeper enqueues it
+    /// again (a job's lease).
+    #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Where the embedded mode keeps its generated secrets.
+    #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = ".hookline")]
+    pub data_dir: PathBuf,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HOOKLINE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The delays before each retry of a failed delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+impl Settings {
+    /// Settings from the environment variables alone, with defaults for the rest.
+    pub fn from_env() -> Self {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        // Parsing no arguments cannot fail: every field has a default or is optional.
+        match Only::try_parse_from(["hookline"]) {
+            Ok(only) => only.settings,
+            Err(error) => panic!("the settings' defaults do not parse: {error}"),
+        }
+    }
+
+    /// Whether the database is SQLite (the embedded mode).
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_base_url(&self, bound: SocketAddr) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
+    }
+
+    /// Checks everything that can be checked without connecting anywhere.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url = self.database_url.as_str();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            bail!(
+                "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got a URL with another scheme)"
+            );
+        }
+        if !self.is_embedded() && self.redis_url.is_none() {
+            bail!(
+                "REDIS_URL is required with a Postgres DATABASE_URL (the embedded queue exists only with SQLite)"
+            );
+        }
+        if let Some(redis) = &self.redis_url
+            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
+        {
+            bail!("REDIS_URL must start with redis:// or rediss://");
+        }
+        if !self.is_embedded() && self.encryption_key.is_none() {
+            bail!(
+                "HOOKLINE_ENCRYPTION_KEY is required with Postgres: generate one with `openssl rand -base64 32`"
+            );
+        }
+        if let Some(key) = &self.encryption_key {
+            decode_key(key).context("HOOKLINE_ENCRYPTION_KEY is invalid")?;
+        }
+        if let Some(public) = &self.public_url
+            && !(public.starts_with("http://") || public.starts_with("https://"))
+        {
+            bail!("HOOKLINE_PUBLIC_URL must start with http:// or https:// (got {public:?})");
+        }
+        if self.worker_concurrency == 0 {
+            bail!("HOOKLINE_WORKER_CONCURRENCY must be at least 1");
+        }
+        if self.body_limit_bytes < 1024 {
+            bail!("HOOKLINE_BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.lease < Duration::from_secs(1) {
+            bail!("HOOKLINE_LEASE must be at least 1s");
+        }
+        if self.sweep_interval < Duration::from_millis(50) {
+            bail!("HOOKLINE_SWEEP_INTERVAL must be at least 50ms");
+        }
+        if self.queue_prefix.is_empty() || self.queue_prefix.contains(char::is_whitespace) {
+            bail!("HOOKLINE_QUEUE_PREFIX must be non-empty and without spaces");
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a base64 encryption key and checks it is 32 bytes.
+pub fn decode_key(key: &SecretString) -> anyhow::Result<[u8; 32]> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.expose_secret().trim())
+        .context("not valid base64")?;
+    bytes.try_into().map_err(|bytes: Vec<u8>| {
+        anyhow::anyhow!("decodes to {} bytes, 32 are needed", bytes.len())
+    })
+}
+
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// Parses `500ms`, `5s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{value:?} has no unit: write e.g. 500ms, 5s, 5m, 2h or 1d"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} does not start with a whole number"))?;
+    let seconds = |factor: u64| Duration::from_secs(number.saturating_mul(factor));
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(seconds(1)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        "d" => Ok(seconds(86_400)),
+        _ => Err(format!(
+            "{value:?} has an unknown unit {unit:?}: use ms, s, m, h or d"
+        )),
+    }
+}
+
+fn parse_schedule(value: &str) -> Result<RetrySchedule, String> {
+    if value.trim().is_empty() {
+        return Ok(RetrySchedule(Vec::new()));
+    }
+    value
+        .split(',')
+        .map(parse_duration)
+        .collect::<Result<Vec<_>, _>>()
+        .map(RetrySchedule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+
+    #[test]
+    fn the_default_retry_schedule_has_seven_retries() {
+        let settings = Settings::from_env();
+        assert_eq!(settings.retry_schedule.0.len(), 7);
+        assert_eq!(settings.retry_schedule.0[0], Duration::from_secs(5));
+        assert_eq!(settings.retry_schedule.0[6], Duration::from_secs(36_000));
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode_and_valid() {
+        let settings = Settings::from_env();
+        assert!(settings.is_embedded());
+        settings.validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn postgres_without_redis_or_key_is_refused_with_a_reason() {
+        let mut settings = Settings::from_env();
+        settings.database_url = "postgres://localhost/hookline".into();
+        let error = settings.validate().expect_err("needs redis").to_string();
+        assert!(error.contains("REDIS_URL"), "{error}");
+        settings.redis_url = Some("redis://127.0.0.1".into());
+        let error = settings.validate().expect_err("needs a key").to_string();
+        assert!(error.contains("HOOKLINE_ENCRYPTION_KEY"), "{error}");
+        settings.encryption_key = Some(SecretString::from("c2hvcnQ=".to_owned()));
+        let error = format!("{:#}", settings.validate().expect_err("short key"));
+        assert!(error.contains("32 are needed"), "{error}");
+    }
+}

@@ -1,0 +1,246 @@
+//! One error envelope for every API answer: `{"code": "...", "detail": "..."}` (DESIGN §5).
+//!
+//! Internal errors are logged once, where they are turned into an [`ApiError`], with the caller's
+//! location, and answered as an opaque 500 (or 503 when the database or queue is unavailable).
+
+use poem::http::StatusCode;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// Machine-readable error code, e.g. `not_found`.
+    pub code: String,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+/// An error answer of the API.
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "ApiError::from_poem")]
+pub enum ApiError {
+    /// The request is malformed.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// Credentials or signature missing or wrong.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// Not found, or not this company's.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// Conflicts with existing data.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The body is larger than the configured limit.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// The body's content type is not accepted.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
+    /// The request is well-formed but its content is invalid.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// An unexpected error; details are in the server log.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// A dependency (database, queue) is unavailable; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+/// The result of an API operation.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+fn body(code: &str, detail: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        code: code.to_owned(),
+        detail: detail.into(),
+    })
+}
+
+impl ApiError {
+    /// 400 with a detail.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::BadRequest(body("bad_request", detail))
+    }
+
+    /// 401 with a detail.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::Unauthorized(body("unauthorized", detail))
+    }
+
+    /// 404 for a named kind of thing.
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(body("not_found", format!("{what} not found")))
+    }
+
+    /// 409 with a detail.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::Conflict(body("conflict", detail))
+    }
+
+    /// 413 for a body over `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::PayloadTooLarge(body(
+            "payload_too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        ))
+    }
+
+    /// 422 with a detail.
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::Unprocessable(body("unprocessable", detail))
+    }
+
+    /// An unexpected failure: logged here, once, and answered as an opaque 500.
+    #[track_caller]
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        let error = error.into();
+        let location = std::panic::Location::caller();
+        tracing::error!(error = format!("{error:#}"), at = %location, "internal error");
+        Self::Internal(body("internal", "an internal error occurred"))
+    }
+
+    /// A dependency is unavailable: logged here, once, and answered 503 so callers retry.
+    #[track_caller]
+    pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
+        let error = error.into();
+        let location = std::panic::Location::caller();
+        tracing::error!(error = format!("{error:#}"), at = %location, "dependency unavailable");
+        Self::Unavailable(body(
+            "unavailable",
+            "the service is temporarily unavailable, retry later",
+        ))
+    }
+
+    /// Maps request-parsing errors (bad JSON, missing parameters, auth, unknown routes) into
+    /// the envelope.
+    pub fn from_poem(error: poem::Error) -> Self {
+        // Our own payload and auth extractors already produce an `ApiError`.
+        let detail = error.to_string();
+        match error.downcast::<Rejection>() {
+            Ok(rejection) => rejection.0,
+            Err(error) => match error.status() {
+                StatusCode::UNAUTHORIZED => Self::unauthorized(detail),
+                StatusCode::NOT_FOUND => Self::NotFound(body("not_found", detail)),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    Self::PayloadTooLarge(body("payload_too_large", detail))
+                }
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    Self::UnsupportedMediaType(body("unsupported_media_type", detail))
+                }
+                StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(body("unavailable", detail)),
+                status if status.is_server_error() => Self::internal(anyhow::anyhow!(detail)),
+                _ => Self::bad_request(detail),
+            },
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Self::BadRequest(Json(body))
+        | Self::Unauthorized(Json(body))
+        | Self::NotFound(Json(body))
+        | Self::Conflict(Json(body))
+        | Self::PayloadTooLarge(Json(body))
+        | Self::UnsupportedMediaType(Json(body))
+        | Self::Unprocessable(Json(body))
+        | Self::Internal(Json(body))
+        | Self::Unavailable(Json(body))) = self;
+        write!(f, "{}: {}", body.code, body.detail)
+    }
+}
+
+/// An [`ApiError`] raised where poem expects a `poem::Error` (request extractors, auth
+/// checkers). [`ApiError::from_poem`] unwraps it again, so the envelope keeps its detail.
+#[derive(Debug)]
+pub struct Rejection(pub ApiError);
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+impl poem::error::ResponseError for Rejection {
+    fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+
+    fn as_response(&self) -> poem::Response {
+        let (ApiError::BadRequest(Json(body))
+        | ApiError::Unauthorized(Json(body))
+        | ApiError::NotFound(Json(body))
+        | ApiError::Conflict(Json(body))
+        | ApiError::PayloadTooLarge(Json(body))
+        | ApiError::UnsupportedMediaType(Json(body))
+        | ApiError::Unprocessable(Json(body))
+        | ApiError::Internal(Json(body))
+        | ApiError::Unavailable(Json(body))) = &self.0;
+        let json = serde_json::json!({ "code": body.code, "detail": body.detail });
+        poem::Response::builder()
+            .status(self.0.status())
+            .content_type("application/json")
+            .body(json.to_string())
+    }
+}
+
+impl From<ApiError> for Rejection {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+/// Maps a database error: unique violation → 409, connection trouble → 503, else 500.
+impl From<sea_orm::DbErr> for ApiError {
+    #[track_caller]
+    fn from(error: sea_orm::DbErr) -> Self {
+        use sea_orm::{DbErr, RuntimeErr, SqlErr};
+        if let Some(SqlErr::UniqueConstraintViolation(detail)) = error.sql_err() {
+            return Self::conflict(format!("already exists: {detail}"));
+        }
+        match &error {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::unavailable(error),
+            DbErr::Exec(RuntimeErr::SqlxError(sqlx_error))
+            | DbErr::Query(RuntimeErr::SqlxError(sqlx_error))
+                if is_unavailable(sqlx_error) =>
+            {
+                Self::unavailable(error)
+            }
+            _ => Self::internal(error),
+        }
+    }
+}
+
+/// Whether a sqlx error means "the database is not reachable right now".
+fn is_unavailable(error: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::Error;
+    match error {
+        Error::Io(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed => true,
+        // SQLite: the database is locked or busy past the busy timeout.
+        Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("5" | "6" | "517" | "57P01" | "57P03")
+        ),
+        _ => false,
+    }
+}

@@ -1,0 +1,16 @@
+//! hookline's HTTP API and the process that runs it.
+//!
+//! [`Application::build`] turns [`config::Settings`] into a running process (API, workers or
+//! both) bound to its port, so that tests can start the real thing on port 0 in-process.
+
+pub mod auth;
+pub mod config;
+pub mod embedded;
+pub mod error;
+pub mod payload;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+
+pub use startup::{Application, Role, openapi_spec};

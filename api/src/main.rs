@@ -1,0 +1,105 @@
+//! The `hookline` binary: `all` (default), `serve`, `worker`, `migrate`.
+
+use anyhow::Context as _;
+use api::config::Settings;
+use api::{Application, Role, telemetry};
+use clap::{Parser, Subcommand};
+
+/// hookline: Jira Cloud webhooks, recorded durably, enriched and delivered to your systems.
+#[derive(Parser)]
+#[command(name = "hookline", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API and workers in one process (the default).
+    All(Settings),
+    /// The HTTP API only.
+    Serve(Settings),
+    /// The workers only; scale these horizontally.
+    Worker(Settings),
+    /// Apply database migrations and exit.
+    Migrate(Settings),
+    /// Print the OpenAPI document and exit.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // One TLS provider for the whole process (ring), before any TLS client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let cli = Cli::parse();
+    let (role, settings) = match cli.command {
+        Some(Command::Openapi) => {
+            println!("{}", api::openapi_spec());
+            return Ok(());
+        }
+        Some(Command::Migrate(settings)) => {
+            telemetry::init_logging(settings.log_format);
+            settings.validate()?;
+            api::startup::migrate(&settings).await?;
+            tracing::info!("migrations applied");
+            return Ok(());
+        }
+        Some(Command::All(settings)) => (Role::All, settings),
+        Some(Command::Serve(settings)) => (Role::Serve, settings),
+        Some(Command::Worker(settings)) => (Role::Worker, settings),
+        None => (Role::All, Settings::from_env()),
+    };
+    telemetry::init_logging(settings.log_format);
+    let metrics = telemetry::install_metrics_recorder()?;
+    let app = Application::build(settings, role, Some(metrics))
+        .await
+        .context("hookline could not start")?;
+    print_banner(&app, role);
+    app.run_until_stopped(shutdown_signal()).await
+}
+
+fn print_banner(app: &Application, role: Role) {
+    if let Some(addr) = app.local_addr() {
+        let base = app.public_url();
+        tracing::info!(%addr, ?role, "hookline listening");
+        eprintln!("\nhookline is running ({role:?}) on http://{addr}");
+        eprintln!("  API docs:      {base}/docs");
+        eprintln!("  OpenAPI:       {base}/openapi.json");
+    } else {
+        tracing::info!(?role, "hookline workers running");
+    }
+    if let Some(secrets) = &app.embedded_secrets {
+        eprintln!(
+            "  Admin token:   in {} (adminToken)\n\n  \
+             EMBEDDED MODE: SQLite and generated secrets, for trying hookline out.\n  \
+             In production set DATABASE_URL (Postgres), REDIS_URL, HOOKLINE_ENCRYPTION_KEY and \
+             HOOKLINE_ADMIN_TOKEN.\n",
+            secrets.display()
+        );
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received: finishing in-flight work");
+}

@@ -1,0 +1,269 @@
+//! `/api/v1/connections`: a company's connected Jira sites and their webhook URLs.
+
+use chrono::{DateTime, Utc};
+use entity::plugin_connection::{self, status};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, ModelTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::auth::CompanyAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{ApiTags, DEFAULT_PAGE, MAX_PAGE};
+use crate::state::AppState;
+
+/// The connection API.
+pub struct ConnectionApi;
+
+/// A connection to register (admin-registered webhooks, without OAuth).
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConnectionIn {
+    /// The provider; only `jira` exists.
+    pub plugin_id: String,
+    /// The provider's id of the site, e.g. `northwind-labs.atlassian.net`; unique per company.
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub external_id: String,
+    /// A display name for the site.
+    #[oai(validator(min_length = 1, max_length = 255))]
+    pub external_name: String,
+    /// Free-form metadata, e.g. `{"cloudId": "...", "siteUrl": "..."}`.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A connection.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConnectionOut {
+    /// The connection's id (part of its webhook URL).
+    pub id: Uuid,
+    /// The provider (`jira`).
+    pub plugin_id: String,
+    /// The provider's id of the site.
+    pub external_id: String,
+    /// Display name of the site.
+    pub external_name: String,
+    /// Metadata (`cloudId`, `siteUrl` for OAuth connections).
+    pub metadata: serde_json::Value,
+    /// `active`, `reauth_required` or `disabled`.
+    pub status: String,
+    /// Where Jira must post this connection's webhooks.
+    pub webhook_url: String,
+    /// Whether webhooks must carry `X-Hub-Signature`.
+    pub signed: bool,
+    /// When the connection was created.
+    pub created_at: DateTime<Utc>,
+    /// When the connection last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A created connection, with its webhook secret. The secret is shown only here.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConnectionCreatedOut {
+    /// The connection.
+    #[oai(flatten)]
+    pub connection: ConnectionOut,
+    /// The secret to enter in Jira's webhook settings; Jira signs every body with it.
+    pub webhook_secret: String,
+}
+
+/// A page of connections.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConnectionList {
+    /// The connections, oldest first.
+    pub items: Vec<ConnectionOut>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Answer of `create_connection`.
+#[derive(Debug, ApiResponse)]
+pub enum CreateConnectionResponse {
+    /// Created.
+    #[oai(status = 201)]
+    Created(Json<ConnectionCreatedOut>),
+}
+
+/// Answer of `delete_connection`.
+#[derive(Debug, ApiResponse)]
+pub enum DeleteConnectionResponse {
+    /// Deleted, with its events and deliveries.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+impl ConnectionOut {
+    fn from_model(state: &AppState, model: plugin_connection::Model) -> Self {
+        Self {
+            webhook_url: state.webhook_url(model.id),
+            signed: model.webhook_secret.is_some(),
+            id: model.id,
+            plugin_id: model.plugin_id,
+            external_id: model.external_id,
+            external_name: model.external_name,
+            metadata: model.metadata,
+            status: model.status,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        }
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Connections")]
+impl ConnectionApi {
+    /// Register a connection
+    ///
+    /// Registers a Jira site whose admin configures the webhook by hand (no OAuth, so events
+    /// are delivered without enrichment). Returns the webhook URL and the secret to enter in
+    /// Jira; the secret is shown only here.
+    #[oai(
+        path = "/connections",
+        method = "post",
+        operation_id = "create_connection"
+    )]
+    async fn create_connection(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        body: Json<ConnectionIn>,
+    ) -> ApiResult<CreateConnectionResponse> {
+        let input = body.0;
+        if input.plugin_id != plugins::jira::PLUGIN_ID {
+            return Err(ApiError::unprocessable(format!(
+                "unknown pluginId {:?}: the only plugin is \"jira\"",
+                input.plugin_id
+            )));
+        }
+        let metadata = input.metadata.unwrap_or_else(|| serde_json::json!({}));
+        if !metadata.is_object() {
+            return Err(ApiError::unprocessable("metadata must be a JSON object"));
+        }
+        let secret = generate_webhook_secret();
+        let now = Utc::now();
+        let model = plugin_connection::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            company_id: Set(auth.0.id),
+            plugin_id: Set(input.plugin_id),
+            external_id: Set(input.external_id.trim().to_owned()),
+            external_name: Set(input.external_name.trim().to_owned()),
+            metadata: Set(metadata),
+            webhook_secret: Set(Some(state.cipher.encrypt(&secret))),
+            status: Set(status::ACTIVE.to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let model = plugin_connection::Entity::insert(model)
+            .exec_with_returning(&state.db)
+            .await?;
+        tracing::info!(connection.id = %model.id, company.id = %auth.0.id, "connection created");
+        Ok(CreateConnectionResponse::Created(Json(
+            ConnectionCreatedOut {
+                connection: ConnectionOut::from_model(&state, model),
+                webhook_secret: secret,
+            },
+        )))
+    }
+
+    /// List connections
+    #[oai(
+        path = "/connections",
+        method = "get",
+        operation_id = "list_connections"
+    )]
+    async fn list_connections(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// The `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Page size (1–200, default 50).
+        limit: Query<Option<u64>>,
+    ) -> ApiResult<Json<ConnectionList>> {
+        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut query = plugin_connection::Entity::find_for_company(auth.0.id)
+            .order_by_asc(plugin_connection::Column::Id)
+            .limit(limit + 1);
+        if let Some(cursor) = cursor.0 {
+            let after = Uuid::parse_str(&cursor)
+                .map_err(|_| ApiError::bad_request("cursor is not a cursor this API returned"))?;
+            query = query.filter(plugin_connection::Column::Id.gt(after));
+        }
+        let mut models = query.all(&state.db).await?;
+        let next_cursor = if models.len() as u64 > limit {
+            models.truncate(limit as usize);
+            models.last().map(|model| model.id.to_string())
+        } else {
+            None
+        };
+        Ok(Json(ConnectionList {
+            items: models
+                .into_iter()
+                .map(|model| ConnectionOut::from_model(&state, model))
+                .collect(),
+            next_cursor,
+        }))
+    }
+
+    /// Get a connection
+    #[oai(
+        path = "/connections/:id",
+        method = "get",
+        operation_id = "get_connection"
+    )]
+    async fn get_connection(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// The connection's id.
+        id: Path<String>,
+    ) -> ApiResult<Json<ConnectionOut>> {
+        let model = find_connection(&state, auth.0.id, &id).await?;
+        Ok(Json(ConnectionOut::from_model(&state, model)))
+    }
+
+    /// Delete a connection
+    ///
+    /// Its webhook URL stops accepting events at once; its events and deliveries are deleted.
+    #[oai(
+        path = "/connections/:id",
+        method = "delete",
+        operation_id = "delete_connection"
+    )]
+    async fn delete_connection(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// The connection's id.
+        id: Path<String>,
+    ) -> ApiResult<DeleteConnectionResponse> {
+        let model = find_connection(&state, auth.0.id, &id).await?;
+        let connection_id = model.id;
+        model.delete(&state.db).await?;
+        tracing::info!(connection.id = %connection_id, "connection deleted");
+        Ok(DeleteConnectionResponse::Deleted)
+    }
+}
+
+async fn find_connection(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<plugin_connection::Model> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("connection"))?;
+    plugin_connection::Entity::find_by_id_for_company(id, company_id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))
+}
+
+/// A new webhook secret: 32 random bytes, hex.
+pub fn generate_webhook_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
+}

@@ -1,0 +1,227 @@
+//! `POST /webhook/jira/{connection_id}`: the ingest (DESIGN §4 "Ingest").
+//!
+//! The hot path does as little as it can: find the connection, check the signature, one
+//! `INSERT … ON CONFLICT DO NOTHING`, push the job, answer. Parsing happens in the worker.
+
+use std::time::Instant;
+
+use chrono::Utc;
+use entity::plugin_connection::{self, status as connection_status};
+use entity::webhook_event::{self, status};
+use plugins::jira::webhook as jira_webhook;
+use poem::Request;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult,
+};
+use uuid::Uuid;
+use worker::jobs::ProcessEvent;
+
+use crate::error::{ApiError, ApiResult};
+use crate::payload::RawJson;
+use crate::routes::ApiTags;
+use crate::state::AppState;
+
+/// The ingest API.
+pub struct WebhookApi;
+
+/// What ingest answers once the event is recorded.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct IngestOut {
+    /// The recorded event (the earlier one, for a duplicate).
+    pub event_id: Uuid,
+    /// Whether this delivery had been received before (same connection and
+    /// `X-Atlassian-Webhook-Identifier`, or the same body when Jira sends no identifier).
+    pub duplicate: bool,
+}
+
+/// How long ingest waits for the queue before answering anyway (the sweeper covers the push).
+const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Headers never stored with an event: credentials.
+const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+#[OpenApi(tag = "ApiTags::Webhooks")]
+impl WebhookApi {
+    /// Receive a Jira webhook
+    ///
+    /// Jira posts events of one connection here. The body is recorded exactly as received and
+    /// the answer is immediate; processing and delivery happen in the workers. When the
+    /// connection has a webhook secret, `X-Hub-Signature: sha256=<hex>` (HMAC-SHA256 of the raw
+    /// body) is required. A delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the
+    /// same body without one) is answered with the earlier event id and `duplicate: true`.
+    #[oai(
+        path = "/webhook/jira/:connection_id",
+        method = "post",
+        operation_id = "receive_jira_webhook"
+    )]
+    async fn receive_jira_webhook(
+        &self,
+        state: poem::web::Data<&AppState>,
+        req: &Request,
+        /// The connection's id, from its webhook URL.
+        connection_id: Path<String>,
+        body: RawJson,
+    ) -> ApiResult<Json<IngestOut>> {
+        let started = Instant::now();
+        let result = ingest(&state, req, &connection_id, body).await;
+        let outcome = match &result {
+            Ok(out) if out.duplicate => "duplicate",
+            Ok(_) => "accepted",
+            Err(error) => error_outcome(error),
+        };
+        metrics::counter!("hookline_ingest_requests_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("hookline_ingest_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        result.map(Json)
+    }
+}
+
+fn error_outcome(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::NotFound(_) => "unknown_connection",
+        ApiError::Unauthorized(_) => "bad_signature",
+        ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::Unavailable(_) => "unavailable",
+        _ => "error",
+    }
+}
+
+async fn ingest(
+    state: &AppState,
+    req: &Request,
+    connection_id: &str,
+    body: RawJson,
+) -> ApiResult<IngestOut> {
+    let not_found = || ApiError::not_found("connection");
+    let connection_id = Uuid::parse_str(connection_id).map_err(|_| not_found())?;
+    let connection = plugin_connection::Entity::find_by_id(connection_id)
+        .one(&state.db)
+        .await
+        .map_err(|error| ApiError::unavailable(error))?
+        .ok_or_else(not_found)?;
+    if connection.status == connection_status::DISABLED {
+        return Err(not_found());
+    }
+
+    let body = body.0;
+    if let Some(secret) = &connection.webhook_secret {
+        let secret = state.cipher.decrypt(secret).map_err(|error| {
+            ApiError::internal(anyhow::Error::new(error).context("decrypting a webhook secret"))
+        })?;
+        let header = header_str(req, jira_webhook::SIGNATURE_HEADER);
+        jira_webhook::verify_signature(secret.as_bytes(), &body, header)
+            .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+    }
+
+    let delivery_key =
+        jira_webhook::delivery_key(header_str(req, jira_webhook::IDENTIFIER_HEADER), &body);
+    let event_id = Uuid::now_v7();
+    let received_at = Utc::now();
+    let event = webhook_event::ActiveModel {
+        id: Set(event_id),
+        connection_id: Set(connection.id),
+        company_id: Set(connection.company_id),
+        plugin_id: Set(connection.plugin_id.clone()),
+        delivery_key: Set(delivery_key.clone()),
+        received_at: Set(received_at),
+        headers: Set(stored_headers(req)),
+        body: Set(body.to_vec()),
+        status: Set(status::RECEIVED.to_owned()),
+        attempts: Set(0),
+        // The grace the sweeper gives this row's own job before it enqueues it again.
+        locked_until: Set(Some(received_at + state.ingest_grace)),
+        event_type: Set(None),
+        data: Set(None),
+        error: Set(None),
+        processed_at: Set(None),
+    };
+    // Any database failure here is answered 503: Jira retries 5xx, and the event is not ours yet.
+    let inserted = webhook_event::Entity::insert(event)
+        .on_conflict_do_nothing_on([
+            webhook_event::Column::ConnectionId,
+            webhook_event::Column::DeliveryKey,
+        ])
+        .exec_without_returning(&state.db)
+        .await
+        .map_err(|error| ApiError::unavailable(error))?;
+
+    if matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
+        // Best effort: if the push fails, the sweeper enqueues the event after its grace.
+        let push = tokio::time::timeout(PUSH_TIMEOUT, state.queue.push(ProcessEvent { event_id }));
+        let pushed = match push.await {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "the queue did not answer within {PUSH_TIMEOUT:?}"
+            )),
+        };
+        if let Err(error) = pushed {
+            metrics::counter!("hookline_enqueue_failures_total", "job" => "process_event")
+                .increment(1);
+            tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "event recorded but not enqueued; the sweeper will pick it up");
+        }
+        tracing::debug!(event.id = %event_id, connection.id = %connection.id, "event recorded");
+        return Ok(IngestOut {
+            event_id,
+            duplicate: false,
+        });
+    }
+
+    let existing: Option<Uuid> = webhook_event::Entity::find()
+        .select_only()
+        .column(webhook_event::Column::Id)
+        .filter(webhook_event::Column::ConnectionId.eq(connection.id))
+        .filter(webhook_event::Column::DeliveryKey.eq(delivery_key))
+        .into_tuple()
+        .one(&state.db)
+        .await
+        .map_err(|error| ApiError::unavailable(error))?;
+    match existing {
+        Some(event_id) => Ok(IngestOut {
+            event_id,
+            duplicate: true,
+        }),
+        // The conflicting row was deleted in between (its connection was deleted): retryable.
+        None => Err(ApiError::unavailable(anyhow::anyhow!(
+            "an insert conflicted with an event that no longer exists"
+        ))),
+    }
+}
+
+fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+}
+
+/// The request's headers as a JSON object, names lower-cased, credentials left out.
+fn stored_headers(req: &Request) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let name = name.as_str();
+        if CREDENTIAL_HEADERS.contains(&name) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match headers.get_mut(name) {
+            Some(serde_json::Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            _ => {
+                headers.insert(name.to_owned(), serde_json::Value::String(value));
+            }
+        }
+    }
+    serde_json::Value::Object(headers)
+}

@@ -1,0 +1,361 @@
+//! Building and running the process: database, migrations, queue, HTTP server, workers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use entity::cipher::Cipher;
+use metrics_exporter_prometheus::PrometheusHandle;
+use migration::{Migrator, MigratorTrait};
+use poem::endpoint::BoxEndpoint;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::{EndpointExt, Route, Server};
+use poem_openapi::OpenApiService;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use secrecy::SecretString;
+use worker::{JobContext, JobQueue, WorkerSettings};
+
+use crate::config::{Settings, decode_key};
+use crate::error::ApiError;
+use crate::routes;
+use crate::state::AppState;
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP API only (`hookline serve`).
+    Serve,
+    /// The workers only (`hookline worker`), with `/metrics` on `HOOKLINE_METRICS_LISTEN`.
+    Worker,
+    /// API and workers in one process (`hookline all`).
+    All,
+}
+
+/// How long in-flight HTTP requests get to finish after a shutdown signal.
+const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A built process, bound to its port, not yet serving.
+pub struct Application {
+    role: Role,
+    acceptor: Option<TcpAcceptor>,
+    metrics_acceptor: Option<TcpAcceptor>,
+    local_addr: Option<SocketAddr>,
+    state: AppState,
+    job_context: JobContext,
+    /// Where the embedded mode's generated secrets are, if they are in use.
+    pub embedded_secrets: Option<std::path::PathBuf>,
+}
+
+impl Application {
+    /// Connects to the database and the queue, applies migrations in the embedded mode (checks
+    /// them otherwise), and binds the listener.
+    pub async fn build(
+        settings: Settings,
+        role: Role,
+        metrics: Option<PrometheusHandle>,
+    ) -> anyhow::Result<Self> {
+        settings.validate()?;
+
+        let (encryption_key, admin_token, embedded_secrets) = resolve_secrets(&settings)?;
+        let key = decode_key(&encryption_key).context("HOOKLINE_ENCRYPTION_KEY is invalid")?;
+        let cipher = Cipher::new(&key, &[]);
+
+        let db = connect_database(&settings).await?;
+        if settings.is_embedded() {
+            Migrator::up(&db, None)
+                .await
+                .context("could not apply migrations to the embedded database")?;
+        } else {
+            let pending = Migrator::get_pending_migrations(&db)
+                .await
+                .context("could not read the applied migrations")?;
+            if !pending.is_empty() {
+                bail!(
+                    "the database has {} migration(s) not applied: run `hookline migrate` first",
+                    pending.len()
+                );
+            }
+        }
+        let queue = connect_queue(&settings, &db).await?;
+
+        let (acceptor, local_addr) = if role == Role::Worker {
+            (None, None)
+        } else {
+            let acceptor = TcpListener::bind(settings.listen)
+                .into_acceptor()
+                .await
+                .with_context(|| format!("could not listen on {}", settings.listen))?;
+            let addr = local_socket_addr(&acceptor)?;
+            (Some(acceptor), Some(addr))
+        };
+        let metrics_acceptor = match (role, settings.metrics_listen) {
+            (Role::Worker, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .into_acceptor()
+                    .await
+                    .with_context(|| format!("could not listen on {addr} for metrics"))?,
+            ),
+            _ => None,
+        };
+
+        let public_url = settings.public_base_url(local_addr.unwrap_or(settings.listen));
+        let state = AppState {
+            db: db.clone(),
+            queue: queue.clone(),
+            cipher,
+            public_url: Arc::from(public_url),
+            admin_token,
+            body_limit_bytes: settings.body_limit_bytes,
+            ingest_grace: settings.lease,
+            metrics,
+        };
+        let job_context = JobContext {
+            db,
+            queue,
+            settings: Arc::new(WorkerSettings {
+                concurrency: settings.worker_concurrency,
+                sweep_interval: settings.sweep_interval,
+                lease: settings.lease,
+                ..WorkerSettings::default()
+            }),
+        };
+        Ok(Self {
+            role,
+            acceptor,
+            metrics_acceptor,
+            local_addr,
+            state,
+            job_context,
+            embedded_secrets,
+        })
+    }
+
+    /// The HTTP port (None for a worker-only process).
+    pub fn port(&self) -> Option<u16> {
+        self.local_addr.map(|addr| addr.port())
+    }
+
+    /// The HTTP address (None for a worker-only process).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The public base URL webhook URLs are built from.
+    pub fn public_url(&self) -> &str {
+        &self.state.public_url
+    }
+
+    /// The database connection (tests inspect rows through it).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.state.db
+    }
+
+    /// What the workers of this process get (tests run jobs directly with it).
+    pub fn job_context(&self) -> &JobContext {
+        &self.job_context
+    }
+
+    /// Serves until `shutdown` completes, then stops taking work and lets in-flight work finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut stop_rx = stop_rx.clone();
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(acceptor) = self.acceptor {
+            let app = build_routes(self.state.clone());
+            let signal = stopped();
+            tasks.spawn(async move {
+                Server::new_with_acceptor(acceptor)
+                    .run_with_graceful_shutdown(app, signal, Some(HTTP_SHUTDOWN_TIMEOUT))
+                    .await
+                    .context("the HTTP server failed")
+            });
+        }
+        if let Some(acceptor) = self.metrics_acceptor {
+            let app = metrics_routes(self.state.metrics.clone());
+            let signal = stopped();
+            tasks.spawn(async move {
+                Server::new_with_acceptor(acceptor)
+                    .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(1)))
+                    .await
+                    .context("the metrics server failed")
+            });
+        }
+        if matches!(self.role, Role::Worker | Role::All) {
+            let ctx = self.job_context.clone();
+            let signal = stopped();
+            tasks.spawn(async move { worker::run_workers(ctx, signal).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.context("a task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// The OpenAPI document of the API, as committed in `openapi.json`.
+pub fn openapi_spec() -> String {
+    openapi_service().spec()
+}
+
+fn openapi_service() -> OpenApiService<
+    (
+        routes::webhook::WebhookApi,
+        routes::companies::CompanyApi,
+        routes::connections::ConnectionApi,
+        routes::health::HealthApi,
+    ),
+    (),
+> {
+    OpenApiService::new(routes::apis(), "hookline", env!("CARGO_PKG_VERSION")).description(
+        "hookline receives Jira Cloud webhooks, records them durably, enriches them through the \
+         Jira REST API and delivers them to subscribers with Standard Webhooks signatures.",
+    )
+}
+
+fn build_routes(state: AppState) -> BoxEndpoint<'static> {
+    let api = openapi_service();
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .data(state)
+        .catch_all_error(|error| async move {
+            // An operation's own `ApiError` arrives here as an error made from its response:
+            // answer that as is. Everything else (unknown route, wrong method) gets the envelope.
+            if error.has_source() {
+                poem::IntoResponse::into_response(ApiError::from_poem(error))
+            } else {
+                error.into_response()
+            }
+        })
+        .boxed()
+}
+
+fn metrics_routes(metrics: Option<PrometheusHandle>) -> BoxEndpoint<'static> {
+    Route::new()
+        .at(
+            "/metrics",
+            poem::endpoint::make_sync(move |_| {
+                metrics
+                    .as_ref()
+                    .map(|handle| handle.render())
+                    .unwrap_or_default()
+            }),
+        )
+        .boxed()
+}
+
+fn local_socket_addr(acceptor: &TcpAcceptor) -> anyhow::Result<SocketAddr> {
+    acceptor
+        .local_addr()
+        .into_iter()
+        .find_map(|addr| addr.as_socket_addr().copied())
+        .context("the listener has no socket address")
+}
+
+/// The encryption key and admin token: configured, or generated for the embedded mode.
+fn resolve_secrets(
+    settings: &Settings,
+) -> anyhow::Result<(
+    SecretString,
+    Option<SecretString>,
+    Option<std::path::PathBuf>,
+)> {
+    match (&settings.encryption_key, settings.is_embedded()) {
+        (Some(key), _) => Ok((key.clone(), settings.admin_token.clone(), None)),
+        (None, true) => {
+            let (key, token, path) = crate::embedded::load_or_create(&settings.data_dir)?;
+            let token = settings.admin_token.clone().unwrap_or(token);
+            Ok((key, Some(token), Some(path)))
+        }
+        (None, false) => bail!("HOOKLINE_ENCRYPTION_KEY is required with Postgres"),
+    }
+}
+
+/// Opens the database pool. SQLite gets WAL, a busy timeout and foreign keys; its directory is
+/// created if needed.
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let url = settings.database_url.as_str();
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .sqlx_logging(false)
+        .connect_timeout(Duration::from_secs(5))
+        // Short, so that ingest answers 503 quickly when the database is gone.
+        .acquire_timeout(Duration::from_secs(3));
+    if settings.is_embedded() {
+        create_sqlite_directory(url)?;
+        options.max_connections(8).map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    } else {
+        options.max_connections(32).min_connections(2);
+    }
+    Database::connect(options)
+        .await
+        .context("could not connect to the database (DATABASE_URL)")
+}
+
+fn create_sqlite_directory(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(":memory:") {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("could not create {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+async fn connect_queue(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<JobQueue> {
+    match &settings.redis_url {
+        Some(url) => JobQueue::redis(url, &settings.queue_prefix).await,
+        None => {
+            JobQueue::sqlite(
+                db.get_sqlite_connection_pool().clone(),
+                &settings.queue_prefix,
+            )
+            .await
+        }
+    }
+}
+
+/// Applies every pending migration (`hookline migrate`).
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let db = connect_database(settings).await?;
+    Migrator::up(&db, None).await.context("migrations failed")?;
+    if settings.is_embedded() {
+        JobQueue::sqlite(
+            db.get_sqlite_connection_pool().clone(),
+            &settings.queue_prefix,
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! What every request handler shares.
+
+use std::sync::Arc;
+
+use entity::cipher::Cipher;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sea_orm::DatabaseConnection;
+use secrecy::SecretString;
+use worker::JobQueue;
+
+/// Shared state of the API, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: DatabaseConnection,
+    /// The job queue ingest pushes to.
+    pub queue: JobQueue,
+    /// Encrypts and decrypts secret columns.
+    pub cipher: Cipher,
+    /// Base URL webhook URLs are built from, without a trailing slash.
+    pub public_url: Arc<str>,
+    /// The admin token, if admin calls are enabled.
+    pub admin_token: Option<SecretString>,
+    /// Largest webhook body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// How long a freshly recorded event is left to its own job before the sweeper enqueues it
+    /// again.
+    pub ingest_grace: std::time::Duration,
+    /// Renders `/metrics`, when a Prometheus recorder is installed in this process.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// The webhook URL Jira posts a connection's events to.
+    pub fn webhook_url(&self, connection_id: uuid::Uuid) -> String {
+        format!("{}/webhook/jira/{connection_id}", self.public_url)
+    }
+}

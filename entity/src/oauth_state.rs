@@ -1,0 +1,43 @@
+//! `oauth_state`: the single-use `state` of an OAuth flow in progress (CSRF protection).
+
+use sea_orm::entity::prelude::*;
+
+/// An OAuth flow started by a company.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "oauth_state")]
+pub struct Model {
+    /// The random `state` value sent to the provider and expected back on the callback.
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub state: String,
+    /// The company that started the flow.
+    pub company_id: Uuid,
+    /// The plugin the flow connects, e.g. `"jira"`.
+    pub plugin_id: String,
+    /// After this instant the state is refused.
+    pub expires_at: DateTimeUtc,
+    /// When the callback consumed the state; a used state is refused.
+    pub used_at: Option<DateTimeUtc>,
+    /// When the flow was started.
+    pub created_at: DateTimeUtc,
+}
+
+/// Tables a state points at.
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    /// The company that started the flow.
+    #[sea_orm(
+        belongs_to = "super::company::Entity",
+        from = "Column::CompanyId",
+        to = "super::company::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Company,
+}
+
+impl Related<super::company::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Company.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

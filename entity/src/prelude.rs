@@ -1,0 +1,11 @@
+//! The entities under their table names, for `use entity::prelude::*`.
+
+pub use super::api_key::Entity as ApiKey;
+pub use super::company::Entity as Company;
+pub use super::delivery::Entity as Delivery;
+pub use super::delivery_attempt::Entity as DeliveryAttempt;
+pub use super::oauth_credential::Entity as OauthCredential;
+pub use super::oauth_state::Entity as OauthState;
+pub use super::plugin_connection::Entity as PluginConnection;
+pub use super::subscription::Entity as Subscription;
+pub use super::webhook_event::Entity as WebhookEvent;

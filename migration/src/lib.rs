@@ -1,0 +1,28 @@
+//! hookline's database schema as sea-orm migrations (DESIGN §3).
+//!
+//! Each migration lives in its own `mYYYYMMDD_HHMMSS_<verb>_<object>.rs` file, has a `down`,
+//! and is never edited once merged: schema changes are new migrations appended to
+//! [`Migrator::migrations`].
+//!
+//! The crate is a library only. The SeaORM template also ships a bin wrapping
+//! `sea_orm_migration::cli`, but that needs the `cli` feature (clap, dotenvy, tracing-subscriber),
+//! which the workspace keeps off; the product binary runs migrations instead
+//! (`hookline migrate`, and at start-up), through `Migrator::up(&db, None)`.
+//!
+//! Every migration must run on both Postgres and SQLite, so only portable schema helpers are
+//! used: foreign keys are declared inside `CREATE TABLE` (SQLite cannot add them later) and
+//! unique constraints are unique indexes.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_core_tables;
+
+/// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_core_tables::Migration)]
+    }
+}

@@ -1,0 +1,26 @@
+//! hookline's integration tests: one binary, every test on both backends.
+
+mod api;
+mod helpers;
+mod ingest;
+mod openapi;
+mod processing;
+
+/// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:
+/// `embedded` and `postgres_redis`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name(tests::Backend::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_redis() {
+                super::$name(tests::Backend::PostgresRedis).await
+            }
+        }
+    )+};
+}

@@ -1,0 +1,49 @@
+//! hookline's background work: the apalis jobs, the queues they travel on, and the sweeper.
+//!
+//! The database is the source of truth and the queue is the fast path (DESIGN §1). Every job
+//! carries ids only, claims its row with a conditional UPDATE before doing anything, and so is
+//! safe to run twice; the [`sweeper`] finds rows whose job was lost and enqueues them again.
+
+pub mod jobs;
+pub mod queue;
+pub mod runner;
+pub mod sweeper;
+
+use std::time::Duration;
+
+pub use queue::JobQueue;
+pub use runner::{JobContext, run_workers};
+
+/// How the workers behave. Built by the binary from its settings; tests build it directly.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How many jobs of one queue a worker process runs at once.
+    pub concurrency: usize,
+    /// Unique name of this process among the workers sharing the queue (apalis requires unique
+    /// worker names; a reused name makes two processes share one in-flight set).
+    pub process_name: String,
+    /// How often the sweeper looks for rows whose job was lost.
+    pub sweep_interval: Duration,
+    /// How long an enqueued or claimed row is left alone before the sweeper enqueues it again:
+    /// the lease of a claim, and the grace given to a fresh row's own job.
+    pub lease: Duration,
+    /// How long an idle worker waits before polling the queue again.
+    pub poll_interval: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            process_name: format!("hookline-{}-{}", std::process::id(), short_id()),
+            sweep_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Eight random hex digits, to tell processes apart in worker names.
+pub fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
