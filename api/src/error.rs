@@ -52,7 +52,7 @@ pub enum ApiError {
 /// The result of an API operation.
 pub type ApiResult<T> = Result<T, ApiError>;
 
-fn body(code: &str, detail: impl Into<String>) -> Json<ErrorBody> {
+fn envelope(code: &str, detail: impl Into<String>) -> Json<ErrorBody> {
     Json(ErrorBody {
         code: code.to_owned(),
         detail: detail.into(),
@@ -62,27 +62,27 @@ fn body(code: &str, detail: impl Into<String>) -> Json<ErrorBody> {
 impl ApiError {
     /// 400 with a detail.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::BadRequest(body("bad_request", detail))
+        Self::BadRequest(envelope("bad_request", detail))
     }
 
     /// 401 with a detail.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::Unauthorized(body("unauthorized", detail))
+        Self::Unauthorized(envelope("unauthorized", detail))
     }
 
     /// 404 for a named kind of thing.
     pub fn not_found(what: &str) -> Self {
-        Self::NotFound(body("not_found", format!("{what} not found")))
+        Self::NotFound(envelope("not_found", format!("{what} not found")))
     }
 
     /// 409 with a detail.
     pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::Conflict(body("conflict", detail))
+        Self::Conflict(envelope("conflict", detail))
     }
 
     /// 413 for a body over `limit` bytes.
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::PayloadTooLarge(body(
+        Self::PayloadTooLarge(envelope(
             "payload_too_large",
             format!("the body is larger than the limit of {limit} bytes"),
         ))
@@ -90,7 +90,7 @@ impl ApiError {
 
     /// 422 with a detail.
     pub fn unprocessable(detail: impl Into<String>) -> Self {
-        Self::Unprocessable(body("unprocessable", detail))
+        Self::Unprocessable(envelope("unprocessable", detail))
     }
 
     /// An unexpected failure: logged here, once, and answered as an opaque 500.
@@ -99,7 +99,7 @@ impl ApiError {
         let error = error.into();
         let location = std::panic::Location::caller();
         tracing::error!(error = format!("{error:#}"), at = %location, "internal error");
-        Self::Internal(body("internal", "an internal error occurred"))
+        Self::Internal(envelope("internal", "an internal error occurred"))
     }
 
     /// A dependency is unavailable: logged here, once, and answered 503 so callers retry.
@@ -108,7 +108,7 @@ impl ApiError {
         let error = error.into();
         let location = std::panic::Location::caller();
         tracing::error!(error = format!("{error:#}"), at = %location, "dependency unavailable");
-        Self::Unavailable(body(
+        Self::Unavailable(envelope(
             "unavailable",
             "the service is temporarily unavailable, retry later",
         ))
@@ -123,18 +123,34 @@ impl ApiError {
             Ok(rejection) => rejection.0,
             Err(error) => match error.status() {
                 StatusCode::UNAUTHORIZED => Self::unauthorized(detail),
-                StatusCode::NOT_FOUND => Self::NotFound(body("not_found", detail)),
+                StatusCode::NOT_FOUND => Self::NotFound(envelope("not_found", detail)),
                 StatusCode::PAYLOAD_TOO_LARGE => {
-                    Self::PayloadTooLarge(body("payload_too_large", detail))
+                    Self::PayloadTooLarge(envelope("payload_too_large", detail))
                 }
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                    Self::UnsupportedMediaType(body("unsupported_media_type", detail))
+                    Self::UnsupportedMediaType(envelope("unsupported_media_type", detail))
                 }
-                StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(body("unavailable", detail)),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    Self::Unavailable(envelope("unavailable", detail))
+                }
                 status if status.is_server_error() => Self::internal(anyhow::anyhow!(detail)),
                 _ => Self::bad_request(detail),
             },
         }
+    }
+
+    /// The envelope of this error.
+    pub fn body(&self) -> &ErrorBody {
+        let (Self::BadRequest(Json(body))
+        | Self::Unauthorized(Json(body))
+        | Self::NotFound(Json(body))
+        | Self::Conflict(Json(body))
+        | Self::PayloadTooLarge(Json(body))
+        | Self::UnsupportedMediaType(Json(body))
+        | Self::Unprocessable(Json(body))
+        | Self::Internal(Json(body))
+        | Self::Unavailable(Json(body))) = self;
+        body
     }
 
     /// The HTTP status of this error.
@@ -155,15 +171,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (Self::BadRequest(Json(body))
-        | Self::Unauthorized(Json(body))
-        | Self::NotFound(Json(body))
-        | Self::Conflict(Json(body))
-        | Self::PayloadTooLarge(Json(body))
-        | Self::UnsupportedMediaType(Json(body))
-        | Self::Unprocessable(Json(body))
-        | Self::Internal(Json(body))
-        | Self::Unavailable(Json(body))) = self;
+        let body = self.body();
         write!(f, "{}: {}", body.code, body.detail)
     }
 }
@@ -187,15 +195,7 @@ impl poem::error::ResponseError for Rejection {
     }
 
     fn as_response(&self) -> poem::Response {
-        let (ApiError::BadRequest(Json(body))
-        | ApiError::Unauthorized(Json(body))
-        | ApiError::NotFound(Json(body))
-        | ApiError::Conflict(Json(body))
-        | ApiError::PayloadTooLarge(Json(body))
-        | ApiError::UnsupportedMediaType(Json(body))
-        | ApiError::Unprocessable(Json(body))
-        | ApiError::Internal(Json(body))
-        | ApiError::Unavailable(Json(body))) = &self.0;
+        let body = self.0.body();
         let json = serde_json::json!({ "code": body.code, "detail": body.detail });
         poem::Response::builder()
             .status(self.0.status())

@@ -114,12 +114,13 @@ impl TestEnv {
         TestApp::start(settings, role).await
     }
 
-    /// Drops the Postgres database, if this test made one.
+    /// Drops the Postgres database and the Redis queue keys, if this test made them.
     pub async fn cleanup(self) {
         if let Some(name) = &self.pg_database
             && let Some(services) = services::postgres_redis().await
         {
             services::drop_database(&services.postgres_url, name).await;
+            services::delete_keys(&services.redis_url, &self.queue_prefix).await;
         }
     }
 }

@@ -19,6 +19,7 @@ on_both_backends!(
     a_retried_delivery_is_stored_once_and_enqueued_once,
     twenty_concurrent_copies_are_stored_once_and_enqueued_once,
     a_body_without_identifier_is_deduplicated_on_its_hash,
+    credentials_are_never_stored_with_the_headers,
     unknown_malformed_and_disabled_connections_are_404,
     a_body_over_the_limit_is_413,
     a_missing_or_wrong_signature_is_401,
@@ -456,6 +457,45 @@ async fn a_failed_push_still_answers_200_and_the_event_is_processed_later() {
     )
     .await;
     worker.stop().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn credentials_are_never_stored_with_the_headers(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let (_, connection) = company_with_connection(&app).await;
+    let url = connection["webhookUrl"].as_str().expect("url");
+    let secret = connection["webhookSecret"].as_str().expect("secret");
+    let body = fixtures::bytes("webhook_issue_updated_status.json");
+    // The OAuth (dynamic webhook) delivery headers carry a bearer JWT.
+    let headers = fixtures::json("webhook_issue_updated_status.oauth_headers.json");
+    let mut request = app.client.post(url).body(body.clone()).header(
+        "x-hub-signature",
+        plugins::jira::webhook::sign(secret.as_bytes(), &body),
+    );
+    for (name, value) in headers["headers"].as_object().expect("headers") {
+        request = request.header(name, value.as_str().expect("value"));
+    }
+    request = request.header("cookie", "session=abc");
+    let response = request.send().await.expect("request");
+    assert_eq!(response.status(), 200);
+    let out: serde_json::Value = response.json().await.expect("json");
+    let stored = event(
+        &app,
+        out["eventId"].as_str().expect("id").parse().expect("uuid"),
+    )
+    .await;
+    let stored_headers = stored.headers.as_object().expect("object");
+    assert!(!stored_headers.contains_key("authorization"));
+    assert!(!stored_headers.contains_key("cookie"));
+    assert!(
+        !stored.headers.to_string().contains("eyJhbGciOi"),
+        "no JWT anywhere"
+    );
+    assert_eq!(stored_headers["x-atlassian-webhook-retry"], "2");
+    assert_eq!(stored_headers["x-atlassian-webhook-flow"], "Primary");
     app.stop().await;
     env.cleanup().await;
 }
