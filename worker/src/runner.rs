@@ -25,6 +25,63 @@ pub struct JobContext {
     pub settings: Arc<WorkerSettings>,
 }
 
+/// Registers the worker of one job type on the monitor, for whichever backend the queue uses.
+/// Adding a job is one line in [`run_workers`].
+macro_rules! register {
+    ($monitor:expr, $ctx:expr, $job:ty, $handler:path) => {{
+        let settings = &$ctx.settings;
+        let concurrency = settings.concurrency.max(1);
+        // apalis-redis needs batch_size <= concurrency.
+        let batch_size = concurrency.min(10);
+        let name = format!("{}-{}", settings.process_name, <$job as Job>::QUEUE);
+        let queue = $ctx.queue.queue_name::<$job>();
+        let ctx = $ctx.clone();
+        match &$ctx.queue {
+            JobQueue::Redis { conn, .. } => {
+                let config = apalis_redis::Config::default()
+                    .queue(queue)
+                    .batch_size(batch_size)
+                    // A crashed worker's jobs come back after heartbeat × missed heartbeats.
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS);
+                let backend = RedisStorage::<$job>::new(conn.clone())
+                    .with_config(config)
+                    .poll_with_interval(settings.poll_interval);
+                $monitor.register(move |_| {
+                    WorkerBuilder::new(name.clone())
+                        .backend(backend.clone())
+                        .data(ctx.clone())
+                        .concurrency(concurrency)
+                        .build($handler)
+                })
+            }
+            JobQueue::Sqlite { pool, .. } => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(queue)
+                    .batch_size(batch_size)
+                    .heartbeat_interval(HEARTBEAT)
+                    .missed_heartbeats(MISSED_HEARTBEATS);
+                let backend = SqliteStorage::<$job>::new(pool)
+                    .with_config(config)
+                    .poll_with_interval(settings.poll_interval);
+                $monitor.register(move |_| {
+                    WorkerBuilder::new(name.clone())
+                        .backend(backend.clone())
+                        .data(ctx.clone())
+                        .concurrency(concurrency)
+                        .build($handler)
+                })
+            }
+        }
+    }};
+}
+
+/// Worker heartbeat; with [`MISSED_HEARTBEATS`] it bounds how long a crashed worker's jobs stay
+/// invisible in apalis (the database lease and the sweeper recover them regardless).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Missed heartbeats before apalis considers a worker dead.
+const MISSED_HEARTBEATS: usize = 3;
+
 /// How long in-flight jobs get to finish after a shutdown signal.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -52,51 +109,7 @@ pub async fn run_workers(
             }
         });
 
-    let settings = &ctx.settings;
-    let concurrency = settings.concurrency.max(1);
-    let batch_size = concurrency.min(10);
-    let name = |queue: &str| format!("{}-{queue}", settings.process_name);
-
-    let monitor = match &ctx.queue {
-        JobQueue::Redis { conn, .. } => {
-            let config = apalis_redis::Config::default()
-                .queue(ctx.queue.queue_name::<ProcessEvent>())
-                .batch_size(batch_size)
-                // A crashed worker's jobs come back after heartbeat × missed heartbeats.
-                .heartbeat_interval(Duration::from_secs(5))
-                .missed_heartbeats(3);
-            let backend = RedisStorage::<ProcessEvent>::new(conn.clone())
-                .with_config(config)
-                .poll_with_interval(settings.poll_interval);
-            let (ctx, name) = (ctx.clone(), name(ProcessEvent::QUEUE));
-            monitor.register(move |_| {
-                WorkerBuilder::new(name.clone())
-                    .backend(backend.clone())
-                    .data(ctx.clone())
-                    .concurrency(concurrency)
-                    .build(process_event::handle)
-            })
-        }
-        JobQueue::Sqlite { pool, .. } => {
-            let config = apalis_sqlite::Config::default()
-                .queue(ctx.queue.queue_name::<ProcessEvent>())
-                .batch_size(batch_size)
-                .heartbeat_interval(Duration::from_secs(5))
-                .missed_heartbeats(3);
-            let backend = SqliteStorage::<ProcessEvent>::new(pool)
-                .with_config(config)
-                .poll_with_interval(settings.poll_interval);
-            let (ctx, name) = (ctx.clone(), name(ProcessEvent::QUEUE));
-            monitor.register(move |_| {
-                WorkerBuilder::new(name.clone())
-                    .backend(backend.clone())
-                    .data(ctx.clone())
-                    .concurrency(concurrency)
-                    .build(process_event::handle)
-            })
-        }
-    };
-
+    let monitor = register!(monitor, ctx, ProcessEvent, process_event::handle);
     let result = monitor
         .run_with_signal(signal)
         .await

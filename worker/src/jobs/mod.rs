@@ -1,5 +1,7 @@
 //! The apalis jobs, one file per job. Payloads carry ids only: the row is the truth.
 
+pub mod deliver;
 pub mod process_event;
 
+pub use deliver::Deliver;
 pub use process_event::ProcessEvent;
