@@ -217,6 +217,7 @@ fn openapi_service() -> OpenApiService<
         routes::webhook::WebhookApi,
         routes::companies::CompanyApi,
         routes::connections::ConnectionApi,
+        routes::events::EventApi,
         routes::health::HealthApi,
     ),
     (),

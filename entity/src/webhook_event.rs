@@ -54,6 +54,8 @@ pub struct Model {
     pub error: Option<String>,
     /// When processing finished.
     pub processed_at: Option<DateTimeUtc>,
+    /// For a replay: the event it replays (same body, processed and delivered again).
+    pub replay_of: Option<Uuid>,
 }
 
 /// Tables an event points at, and tables that point at it.

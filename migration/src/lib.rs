@@ -16,6 +16,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_core_tables;
+mod m20261128_000002_add_replay_of_to_webhook_event;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -23,6 +24,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_create_core_tables::Migration)]
+        vec![
+            Box::new(m20261128_000001_create_core_tables::Migration),
+            Box::new(m20261128_000002_add_replay_of_to_webhook_event::Migration),
+        ]
     }
 }

@@ -178,6 +178,7 @@ async fn round_trip(db: &DatabaseConnection) -> Result<(), DbErr> {
         data: None,
         error: None,
         processed_at: None,
+        replay_of: None,
     };
     event.clone().into_active_model().insert(db).await?;
 

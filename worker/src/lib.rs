@@ -4,7 +4,9 @@
 //! carries ids only, claims its row with a conditional UPDATE before doing anything, and so is
 //! safe to run twice; the [`sweeper`] finds rows whose job was lost and enqueues them again.
 
+pub mod enrichment;
 pub mod jobs;
+pub mod matching;
 pub mod queue;
 pub mod runner;
 pub mod sweeper;

@@ -2,6 +2,7 @@
 
 pub mod companies;
 pub mod connections;
+pub mod events;
 pub mod health;
 pub mod webhook;
 
@@ -16,6 +17,8 @@ pub enum ApiTags {
     Companies,
     /// Connected Jira sites and their webhook URLs.
     Connections,
+    /// Received events, their processing and deliveries; replays.
+    Events,
     /// Health, readiness and metrics.
     Operations,
 }
@@ -25,12 +28,14 @@ pub fn apis() -> (
     webhook::WebhookApi,
     companies::CompanyApi,
     connections::ConnectionApi,
+    events::EventApi,
     health::HealthApi,
 ) {
     (
         webhook::WebhookApi,
         companies::CompanyApi,
         connections::ConnectionApi,
+        events::EventApi,
         health::HealthApi,
     )
 }

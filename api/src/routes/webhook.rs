@@ -145,6 +145,7 @@ async fn ingest(
         data: Set(None),
         error: Set(None),
         processed_at: Set(None),
+        replay_of: Set(None),
     };
     // Any database failure here is answered 503: Jira retries 5xx, and the event is not ours yet.
     let inserted = webhook_event::Entity::insert(event)

@@ -1,5 +1,6 @@
 //! The Jira Cloud plugin.
 
+pub mod event;
 pub mod webhook;
 
 /// The plugin id stored in `plugin_connection.plugin_id` and sent to subscribers as `pluginId`.

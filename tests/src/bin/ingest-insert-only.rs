@@ -63,6 +63,7 @@ async fn insert_only(
         data: Set(None),
         error: Set(None),
         processed_at: Set(None),
+        replay_of: Set(None),
     })
     .on_conflict_do_nothing_on([
         webhook_event::Column::ConnectionId,

@@ -149,3 +149,58 @@ pub fn connection_id(connection: &serde_json::Value) -> Uuid {
         .parse()
         .expect("uuid")
 }
+
+/// Inserts a subscription directly (the subscriptions API is exercised in its own tests).
+pub async fn insert_subscription(
+    app: &TestApp,
+    company_id: &str,
+    event_types: &[&str],
+    connection_id: Option<Uuid>,
+    filters: Option<serde_json::Value>,
+) -> Uuid {
+    use sea_orm::ActiveValue::Set;
+    let id = Uuid::now_v7();
+    let now = chrono::Utc::now();
+    let cipher = entity::cipher::Cipher::new(&tests::TEST_ENCRYPTION_KEY, &[]);
+    entity::subscription::Entity::insert(entity::subscription::ActiveModel {
+        id: Set(id),
+        company_id: Set(company_id.parse().expect("company id")),
+        connection_id: Set(connection_id),
+        description: Set(None),
+        event_types: Set(serde_json::json!(event_types)),
+        filters: Set(filters),
+        target_url: Set("http://127.0.0.1:9/never-called".to_owned()),
+        secret: Set(cipher.encrypt("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+        enabled: Set(true),
+        disabled_reason: Set(None),
+        failing_since: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    })
+    .exec_without_returning(&app.db)
+    .await
+    .expect("insert subscription");
+    id
+}
+
+/// The deliveries of an event.
+pub async fn deliveries_of(app: &TestApp, event_id: Uuid) -> Vec<entity::delivery::Model> {
+    entity::delivery::Entity::find()
+        .filter(entity::delivery::Column::EventId.eq(event_id))
+        .all(&app.db)
+        .await
+        .expect("deliveries")
+}
+
+/// Waits until the event is processed (or failed) and returns it.
+pub async fn wait_processed(app: &TestApp, event_id: Uuid) -> webhook_event::Model {
+    tests::wait_until(
+        std::time::Duration::from_secs(20),
+        "the event is processed",
+        || async {
+            let stored = event(app, event_id).await;
+            matches!(stored.status.as_str(), "processed" | "failed").then_some(stored)
+        },
+    )
+    .await
+}

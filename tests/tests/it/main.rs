@@ -1,6 +1,7 @@
 //! hookline's integration tests: one binary, every test on both backends.
 
 mod api;
+mod events;
 mod helpers;
 mod ingest;
 mod openapi;

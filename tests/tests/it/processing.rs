@@ -98,7 +98,7 @@ async fn a_body_that_is_not_json_is_kept_and_marked_failed(backend: Backend) {
     )
     .await;
     assert_eq!(failed.body, body, "the raw body is kept");
-    assert!(failed.error.expect("error").contains("not a JSON object"));
+    assert!(failed.error.expect("error").contains("not valid JSON"));
     app.stop().await;
     env.cleanup().await;
 }

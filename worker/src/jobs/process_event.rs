@@ -7,13 +7,21 @@
 
 use anyhow::Context as _;
 use apalis_core::task::data::Data;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use entity::webhook_event::{self, status};
+use entity::{delivery, plugin_connection, subscription};
+use plugins::jira::event as jira_event;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
+use crate::enrichment::Enrichment;
+use crate::jobs::Deliver;
+use crate::matching::{EventFacts, matches};
 use crate::queue::Job;
 use crate::runner::JobContext;
 
@@ -75,45 +83,212 @@ pub async fn handle(
     }
 }
 
-/// Claims and processes one event.
+/// Claims and processes one event: parse, enrich, match subscriptions, then in one transaction
+/// mark it processed and insert its deliveries; push one `Deliver` per delivery after the commit.
 pub async fn run(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Outcome> {
     let Some(event) = claim(ctx, event_id).await? else {
         tracing::debug!(event.id = %event_id, "event not claimed: done or owned by another run");
         return Ok(Outcome::NotClaimed);
     };
 
-    let (new_status, event_type, error) = match parse_event_type(&event.body) {
-        Ok(event_type) => (status::PROCESSED, Some(event_type), None),
-        Err(error) => (status::FAILED, None, Some(error)),
+    let raw: Value = match serde_json::from_slice(&event.body) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let error = jira_event::ParseError::NotJson(error.to_string()).to_string();
+            return finish_failed(ctx, &event, error).await;
+        }
+    };
+    let parsed = match jira_event::parse_value(&raw) {
+        Ok(parsed) => parsed,
+        Err(error) => return finish_failed(ctx, &event, error.to_string()).await,
     };
 
+    let connection = plugin_connection::Entity::find_by_id(event.connection_id)
+        .one(&ctx.db)
+        .await
+        .context("could not load the event's connection")?;
+    let enrichment = match &connection {
+        Some(connection) => enrich(ctx, connection, &parsed).await,
+        None => Enrichment::skipped("the connection no longer exists"),
+    };
+    let data = EventData {
+        event_id: event.id,
+        plugin_id: &event.plugin_id,
+        connection_id: event.connection_id,
+        company_id: event.company_id,
+        event: &parsed,
+        enrichment: &enrichment,
+        raw: &raw,
+    };
+    let data = serde_json::to_value(&data).context("could not serialise the processed event")?;
+
+    let subscriptions = subscription::Entity::find_for_company(event.company_id)
+        .filter(subscription::Column::Enabled.eq(true))
+        .all(&ctx.db)
+        .await
+        .context("could not load subscriptions")?;
+    let facts = EventFacts {
+        event_type: &parsed.event_type,
+        connection_id: event.connection_id,
+        project_key: parsed.project_key(),
+    };
     let now = Utc::now();
+    let deliveries: Vec<delivery::ActiveModel> = subscriptions
+        .iter()
+        .filter(|subscription| matches(subscription, facts))
+        .map(|subscription| delivery::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            event_id: Set(event.id),
+            subscription_id: Set(subscription.id),
+            company_id: Set(event.company_id),
+            status: Set(delivery::status::PENDING.to_owned()),
+            attempts: Set(0),
+            next_attempt_at: Set(Some(now)),
+            // The grace the sweeper gives the delivery's own job.
+            locked_until: Set(Some(now + ctx.settings.lease)),
+            last_status: Set(None),
+            last_error: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            delivered_at: Set(None),
+        })
+        .collect();
+    let delivery_ids: Vec<Uuid> = deliveries
+        .iter()
+        .filter_map(|delivery| match &delivery.id {
+            sea_orm::ActiveValue::Set(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+
+    let txn = ctx
+        .db
+        .begin()
+        .await
+        .context("could not start a transaction")?;
     let finished = webhook_event::Entity::update_many()
-        .col_expr(webhook_event::Column::Status, Expr::value(new_status))
-        .col_expr(webhook_event::Column::EventType, Expr::value(event_type))
-        .col_expr(webhook_event::Column::Error, Expr::value(error.clone()))
+        .col_expr(
+            webhook_event::Column::Status,
+            Expr::value(status::PROCESSED),
+        )
+        .col_expr(
+            webhook_event::Column::EventType,
+            Expr::value(parsed.event_type.clone()),
+        )
+        .col_expr(webhook_event::Column::Data, Expr::value(data))
+        .col_expr(
+            webhook_event::Column::Error,
+            Expr::value(Option::<String>::None),
+        )
         .col_expr(webhook_event::Column::ProcessedAt, Expr::value(now))
         .col_expr(
             webhook_event::Column::LockedUntil,
-            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+            Expr::value(Option::<DateTime<Utc>>::None),
         )
-        .filter(webhook_event::Column::Id.eq(event.id))
-        .filter(webhook_event::Column::Status.eq(status::PROCESSING))
-        .filter(webhook_event::Column::Attempts.eq(event.attempts))
-        .exec(&ctx.db)
+        .filter(fence(&event))
+        .exec(&txn)
         .await
         .context("could not record the processed event")?;
     if finished.rows_affected == 0 {
+        txn.rollback().await.context("could not roll back")?;
         tracing::warn!(event.id = %event.id, "lease lost while processing; the newer run's result stands");
         return Ok(Outcome::NotClaimed);
     }
-    match error {
-        None => Ok(Outcome::Processed),
-        Some(error) => {
-            tracing::warn!(event.id = %event.id, error, "event marked failed");
-            Ok(Outcome::Failed)
+    if !deliveries.is_empty() {
+        delivery::Entity::insert_many(deliveries)
+            .on_conflict_do_nothing_on([
+                delivery::Column::EventId,
+                delivery::Column::SubscriptionId,
+            ])
+            .exec_without_returning(&txn)
+            .await
+            .context("could not insert deliveries")?;
+    }
+    txn.commit()
+        .await
+        .context("could not commit the processed event")?;
+    metrics::counter!("hookline_enrichment_total", "status" => enrichment.status).increment(1);
+    tracing::info!(
+        event.id = %event.id,
+        event.r#type = %parsed.event_type,
+        enrichment = enrichment.status,
+        deliveries = delivery_ids.len(),
+        "event processed"
+    );
+
+    for delivery_id in delivery_ids {
+        // Best effort: the sweeper enqueues due deliveries whose job was lost.
+        if let Err(error) = ctx.queue.push(Deliver { delivery_id }).await {
+            tracing::warn!(delivery.id = %delivery_id, error = format!("{error:#}"), "delivery recorded but not enqueued; the sweeper will pick it up");
         }
     }
+    Ok(Outcome::Processed)
+}
+
+/// What subscribers get as `data` (DESIGN §10): the parsed event with its ids, the enrichment
+/// and the payload exactly as Jira sent it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventData<'a> {
+    event_id: Uuid,
+    plugin_id: &'a str,
+    connection_id: Uuid,
+    company_id: Uuid,
+    #[serde(flatten)]
+    event: &'a jira_event::JiraEvent,
+    enrichment: &'a Enrichment,
+    raw: &'a Value,
+}
+
+/// Fetches the event's issue through the Jira REST API when the connection can.
+async fn enrich(
+    _ctx: &JobContext,
+    connection: &plugin_connection::Model,
+    event: &jira_event::JiraEvent,
+) -> Enrichment {
+    if event.issue_id_or_key().is_none() {
+        return Enrichment::skipped("the event carries no issue");
+    }
+    if connection.status == plugin_connection::status::REAUTH_REQUIRED {
+        return Enrichment::skipped("the connection needs to be re-authorised");
+    }
+    Enrichment::skipped("the connection has no OAuth credential (webhook registered by an admin)")
+}
+
+/// Marks a claimed event `failed` with `error`; its raw body stays for inspection and replay.
+async fn finish_failed(
+    ctx: &JobContext,
+    event: &webhook_event::Model,
+    error: String,
+) -> anyhow::Result<Outcome> {
+    let finished = webhook_event::Entity::update_many()
+        .col_expr(webhook_event::Column::Status, Expr::value(status::FAILED))
+        .col_expr(
+            webhook_event::Column::Error,
+            Expr::value(Some(error.clone())),
+        )
+        .col_expr(webhook_event::Column::ProcessedAt, Expr::value(Utc::now()))
+        .col_expr(
+            webhook_event::Column::LockedUntil,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(fence(event))
+        .exec(&ctx.db)
+        .await
+        .context("could not record the failed event")?;
+    if finished.rows_affected == 0 {
+        return Ok(Outcome::NotClaimed);
+    }
+    tracing::warn!(event.id = %event.id, error, "event marked failed");
+    Ok(Outcome::Failed)
+}
+
+/// Only the run that holds the claim (same `attempts`, still `processing`) may finish the event.
+fn fence(event: &webhook_event::Model) -> Condition {
+    Condition::all()
+        .add(webhook_event::Column::Id.eq(event.id))
+        .add(webhook_event::Column::Status.eq(status::PROCESSING))
+        .add(webhook_event::Column::Attempts.eq(event.attempts))
 }
 
 /// Takes the event if it is `received`, or `processing` under an expired lease.
@@ -150,19 +325,4 @@ async fn claim(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Option<webhoo
         .one(&ctx.db)
         .await
         .context("could not load the claimed event")
-}
-
-/// Reads `webhookEvent` from a Jira payload. Full parsing into typed events is the Jira plugin's.
-fn parse_event_type(body: &[u8]) -> Result<String, String> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        #[serde(rename = "webhookEvent")]
-        webhook_event: Option<String>,
-    }
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|error| format!("the body is not a JSON object: {error}"))?;
-    // Unknown or missing types are kept, never dropped.
-    Ok(envelope
-        .webhook_event
-        .unwrap_or_else(|| "unknown".to_owned()))
 }

@@ -1,0 +1,313 @@
+//! `/api/v1/events`: what Jira sent, how it was processed, where it went; and replays.
+
+use chrono::{DateTime, Utc};
+use entity::{delivery, webhook_event};
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+use worker::jobs::ProcessEvent;
+
+use crate::auth::CompanyAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{ApiTags, DEFAULT_PAGE, MAX_PAGE};
+use crate::state::AppState;
+
+/// The events API.
+pub struct EventApi;
+
+/// An event, without its payload.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EventOut {
+    /// The event's id.
+    pub id: Uuid,
+    /// The connection that received it.
+    pub connection_id: Uuid,
+    /// The plugin (`jira`).
+    pub plugin_id: String,
+    /// The event type once processed, e.g. `jira:issue_updated`.
+    pub event_type: Option<String>,
+    /// `received`, `processing`, `processed` or `failed`.
+    pub status: String,
+    /// How many times processing started.
+    pub attempts: i32,
+    /// What the event is deduplicated on: `id:<X-Atlassian-Webhook-Identifier>` or
+    /// `sha256:<body hash>` (`replay:…` for replays).
+    pub delivery_key: String,
+    /// When hookline received it.
+    pub received_at: DateTime<Utc>,
+    /// When processing finished.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Why processing failed.
+    pub error: Option<String>,
+    /// For a replay: the event it replays.
+    pub replay_of: Option<Uuid>,
+}
+
+/// An event with its payload, processing result and deliveries.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EventDetailOut {
+    /// The event.
+    #[oai(flatten)]
+    pub event: EventOut,
+    /// The request headers as received, credentials removed.
+    pub headers: serde_json::Value,
+    /// The body as Jira sent it, when it is JSON.
+    pub raw: Option<serde_json::Value>,
+    /// The body as text (lossy UTF-8), when it is not JSON.
+    pub raw_text: Option<String>,
+    /// The parsed event with its enrichment, as subscribers receive it in `data`.
+    pub data: Option<serde_json::Value>,
+    /// The event's deliveries, one per matching subscription.
+    pub deliveries: Vec<EventDeliveryOut>,
+}
+
+/// A delivery of an event, in summary.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EventDeliveryOut {
+    /// The delivery's id (the `webhook-id` subscribers see).
+    pub id: Uuid,
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// `pending`, `in_flight`, `succeeded` or `dead`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When the next attempt is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// HTTP status of the last attempt.
+    pub last_status: Option<i32>,
+    /// Error of the last attempt.
+    pub last_error: Option<String>,
+    /// When it succeeded.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A page of events, newest first.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct EventList {
+    /// The events.
+    pub items: Vec<EventOut>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A replay that was recorded.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ReplayOut {
+    /// The new event, processed and delivered like a fresh one.
+    pub event_id: Uuid,
+    /// The replayed event, left as it was.
+    pub replay_of: Uuid,
+}
+
+/// Answer of `replay_event`.
+#[derive(Debug, ApiResponse)]
+pub enum ReplayResponse {
+    /// The replay is recorded and queued.
+    #[oai(status = 202)]
+    Accepted(Json<ReplayOut>),
+}
+
+impl From<webhook_event::Model> for EventOut {
+    fn from(model: webhook_event::Model) -> Self {
+        Self {
+            id: model.id,
+            connection_id: model.connection_id,
+            plugin_id: model.plugin_id,
+            event_type: model.event_type,
+            status: model.status,
+            attempts: model.attempts,
+            delivery_key: model.delivery_key,
+            received_at: model.received_at,
+            processed_at: model.processed_at,
+            error: model.error,
+            replay_of: model.replay_of,
+        }
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Events")]
+impl EventApi {
+    /// List events
+    ///
+    /// Newest first, with optional filters.
+    #[oai(path = "/events", method = "get", operation_id = "list_events")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one parameter per query filter, as poem-openapi extracts them"
+    )]
+    async fn list_events(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// Only this connection's events.
+        #[oai(name = "connectionId")]
+        connection_id: Query<Option<Uuid>>,
+        /// Only events of this type, e.g. `jira:issue_updated`.
+        #[oai(name = "eventType")]
+        event_type: Query<Option<String>>,
+        /// Only events in this status.
+        status: Query<Option<String>>,
+        /// The `nextCursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Page size (1–200, default 50).
+        limit: Query<Option<u64>>,
+    ) -> ApiResult<Json<EventList>> {
+        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let mut query = webhook_event::Entity::find_for_company(auth.0.id)
+            .order_by_desc(webhook_event::Column::Id)
+            .limit(limit + 1);
+        if let Some(connection_id) = connection_id.0 {
+            query = query.filter(webhook_event::Column::ConnectionId.eq(connection_id));
+        }
+        if let Some(event_type) = event_type.0 {
+            query = query.filter(webhook_event::Column::EventType.eq(event_type));
+        }
+        if let Some(status) = status.0 {
+            const STATUSES: [&str; 4] = [
+                webhook_event::status::RECEIVED,
+                webhook_event::status::PROCESSING,
+                webhook_event::status::PROCESSED,
+                webhook_event::status::FAILED,
+            ];
+            if !STATUSES.contains(&status.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "status must be one of {}",
+                    STATUSES.join(", ")
+                )));
+            }
+            query = query.filter(webhook_event::Column::Status.eq(status));
+        }
+        if let Some(cursor) = cursor.0 {
+            let before = Uuid::parse_str(&cursor)
+                .map_err(|_| ApiError::bad_request("cursor is not a cursor this API returned"))?;
+            query = query.filter(webhook_event::Column::Id.lt(before));
+        }
+        let mut models = query.all(&state.db).await?;
+        let next_cursor = if models.len() as u64 > limit {
+            models.truncate(limit as usize);
+            models.last().map(|model| model.id.to_string())
+        } else {
+            None
+        };
+        Ok(Json(EventList {
+            items: models.into_iter().map(EventOut::from).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// Get an event
+    ///
+    /// With the raw payload, the parsed and enriched event, and its deliveries.
+    #[oai(path = "/events/:id", method = "get", operation_id = "get_event")]
+    async fn get_event(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// The event's id.
+        id: Path<String>,
+    ) -> ApiResult<Json<EventDetailOut>> {
+        let model = find_event(&state, auth.0.id, &id).await?;
+        let deliveries = delivery::Entity::find_for_company(auth.0.id)
+            .filter(delivery::Column::EventId.eq(model.id))
+            .order_by_asc(delivery::Column::Id)
+            .all(&state.db)
+            .await?;
+        let (raw, raw_text) = match serde_json::from_slice(&model.body) {
+            Ok(raw) => (Some(raw), None),
+            Err(_) => (
+                None,
+                Some(String::from_utf8_lossy(&model.body).into_owned()),
+            ),
+        };
+        Ok(Json(EventDetailOut {
+            headers: model.headers.clone(),
+            data: model.data.clone(),
+            raw,
+            raw_text,
+            deliveries: deliveries
+                .into_iter()
+                .map(|delivery| EventDeliveryOut {
+                    id: delivery.id,
+                    subscription_id: delivery.subscription_id,
+                    status: delivery.status,
+                    attempts: delivery.attempts,
+                    next_attempt_at: delivery.next_attempt_at,
+                    last_status: delivery.last_status,
+                    last_error: delivery.last_error,
+                    delivered_at: delivery.delivered_at,
+                })
+                .collect(),
+            event: EventOut::from(model),
+        }))
+    }
+
+    /// Replay an event
+    ///
+    /// Records a new event with the same payload (`replayOf` points at the original), which is
+    /// processed and delivered to the subscriptions matching now. The original is left as it
+    /// was, deliveries included.
+    #[oai(
+        path = "/events/:id/replay",
+        method = "post",
+        operation_id = "replay_event"
+    )]
+    async fn replay_event(
+        &self,
+        auth: CompanyAuth,
+        state: poem::web::Data<&AppState>,
+        /// The event's id.
+        id: Path<String>,
+    ) -> ApiResult<ReplayResponse> {
+        let original = find_event(&state, auth.0.id, &id).await?;
+        let event_id = Uuid::now_v7();
+        let now = Utc::now();
+        webhook_event::Entity::insert(webhook_event::ActiveModel {
+            id: Set(event_id),
+            connection_id: Set(original.connection_id),
+            company_id: Set(original.company_id),
+            plugin_id: Set(original.plugin_id),
+            delivery_key: Set(format!("replay:{}:{event_id}", original.id)),
+            received_at: Set(now),
+            headers: Set(original.headers),
+            body: Set(original.body),
+            status: Set(webhook_event::status::RECEIVED.to_owned()),
+            attempts: Set(0),
+            locked_until: Set(Some(now + state.ingest_grace)),
+            event_type: Set(None),
+            data: Set(None),
+            error: Set(None),
+            processed_at: Set(None),
+            replay_of: Set(Some(original.id)),
+        })
+        .exec_without_returning(&state.db)
+        .await?;
+        if let Err(error) = state.queue.push(ProcessEvent { event_id }).await {
+            tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "replay recorded but not enqueued; the sweeper will pick it up");
+        }
+        tracing::info!(event.id = %event_id, replay_of = %original.id, "event replayed");
+        Ok(ReplayResponse::Accepted(Json(ReplayOut {
+            event_id,
+            replay_of: original.id,
+        })))
+    }
+}
+
+async fn find_event(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<webhook_event::Model> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("event"))?;
+    webhook_event::Entity::find_by_id_for_company(id, company_id)
+        .one(&state.db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))
+}
