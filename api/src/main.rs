@@ -77,7 +77,30 @@ fn print_banner(app: &Application, role: Role) {
              HOOKLINE_ADMIN_TOKEN.\n",
             secrets.display()
         );
+        print_walkthrough(app.public_url(), secrets);
     }
+}
+
+/// The walk-through of `examples/walkthrough.sh`, printed as it is tested.
+const WALKTHROUGH: &str = include_str!("../../examples/walkthrough.sh");
+
+fn print_walkthrough(base: &str, secrets: &std::path::Path) {
+    let marker = "# --- walk-through";
+    let Some(start) = WALKTHROUGH.find(marker) else {
+        return;
+    };
+    let body = WALKTHROUGH[start..]
+        .split_once('\n')
+        .map_or("", |(_, rest)| rest);
+    let data_dir = secrets.parent().unwrap_or(std::path::Path::new("."));
+    eprintln!(
+        "Walk-through: in a second terminal start a subscriber with `cargo run --release -- sink`,\n\
+         then paste this in a third one, from the repository root (or run examples/walkthrough.sh):\n"
+    );
+    eprintln!(
+        "HOOKLINE={base}\nHOOKLINE_DATA_DIR={}\n{body}",
+        data_dir.display()
+    );
 }
 
 /// Completes on SIGINT or SIGTERM.

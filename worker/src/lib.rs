@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod matching;
 pub mod queue;
 pub mod runner;
+pub mod sampler;
 pub mod sweeper;
 
 use std::time::Duration;

@@ -12,7 +12,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::jobs::{ProcessEvent, process_event};
 use crate::queue::{Job, JobQueue};
-use crate::{WorkerSettings, sweeper};
+use crate::{WorkerSettings, sampler, sweeper};
 
 /// What every job handler gets: the database, the queue, the settings.
 #[derive(Debug, Clone)]
@@ -94,6 +94,7 @@ pub async fn run_workers(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweeper::run(ctx.clone(), stop_rx.clone()));
+    let sampler = tokio::spawn(sampler::run(ctx.clone(), stop_rx.clone()));
 
     let signal = async move {
         shutdown.await;
@@ -115,5 +116,6 @@ pub async fn run_workers(
         .await
         .context("the workers stopped with an error");
     sweeper.abort();
+    sampler.abort();
     result
 }

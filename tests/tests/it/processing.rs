@@ -132,3 +132,52 @@ async fn a_worker_that_died_holding_a_claim_is_taken_over_after_its_lease(backen
     app.stop().await;
     env.cleanup().await;
 }
+
+async fn backlog_gauges_are_sampled_from_the_database(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    post_fixture(&app, "webhook_issue_created.json").await;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        // The sampler runs on this (current) thread, so a thread-local recorder sees it.
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        worker::sampler::sample_once(&app.job_context)
+            .await
+            .expect("sample");
+    }
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("hookline_queue_depth{stage=\"process_event\"} 1"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("hookline_queue_depth{stage=\"deliver\"} 0"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("hookline_connections{status=\"active\"} 1"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("hookline_deliveries_dead 0"),
+        "{rendered}"
+    );
+    assert!(rendered.contains("hookline_queue_oldest_age_seconds{stage=\"process_event\"}"));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+mod backlog_gauges_are_sampled_from_the_database {
+    // Current-thread runtimes: the thread-local metrics recorder must see the sampler's writes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn embedded() {
+        super::backlog_gauges_are_sampled_from_the_database(tests::Backend::Embedded).await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_redis() {
+        super::backlog_gauges_are_sampled_from_the_database(tests::Backend::PostgresRedis).await
+    }
+}

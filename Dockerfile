@@ -1,0 +1,15 @@
+# hookline: multi-stage build of the `hookline` binary.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release -p api --bin hookline
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 hookline
+COPY --from=build /src/target/release/hookline /usr/local/bin/hookline
+USER hookline
+ENV HOOKLINE_LISTEN=0.0.0.0:8080 HOOKLINE_LOG_FORMAT=json
+EXPOSE 8080 9100
+ENTRYPOINT ["hookline"]
+CMD ["serve"]
