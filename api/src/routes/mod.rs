@@ -3,6 +3,8 @@
 pub mod companies;
 pub mod connections;
 pub mod health;
+pub mod jira_issues;
+pub mod oauth;
 pub mod webhook;
 
 use poem_openapi::Tags;
@@ -18,6 +20,8 @@ pub enum ApiTags {
     Connections,
     /// Health, readiness and metrics.
     Operations,
+    /// Jira data read through a connection's OAuth token.
+    Jira,
 }
 
 /// Every API of the service, as one OpenAPI service.
@@ -26,12 +30,16 @@ pub fn apis() -> (
     companies::CompanyApi,
     connections::ConnectionApi,
     health::HealthApi,
+    oauth::OAuthApi,
+    jira_issues::JiraIssueApi,
 ) {
     (
         webhook::WebhookApi,
         companies::CompanyApi,
         connections::ConnectionApi,
         health::HealthApi,
+        oauth::OAuthApi,
+        jira_issues::JiraIssueApi,
     )
 }
 

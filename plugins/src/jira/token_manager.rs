@@ -289,7 +289,7 @@ impl TokenManager {
             oauth_credential::Entity::update_many()
                 .col_expr(
                     oauth_credential::Column::TokenVersion,
-                    Expr::col(oauth_credential::Column::TokenVersion).into(),
+                    Expr::col(oauth_credential::Column::TokenVersion),
                 )
                 .filter(oauth_credential::Column::ConnectionId.eq(connection_id))
                 .exec(&txn)
