@@ -349,6 +349,8 @@ mod tests {
     use super::*;
 
     fn oauth() -> JiraOAuth {
+        // reqwest is built without a default crypto provider; the binary installs ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         JiraOAuth::new(
             OAuthConfig {
                 client_id: "client-1".into(),
