@@ -22,6 +22,7 @@ on_both_backends!(
     concurrent_reads_in_three_processes_with_an_expired_token_refresh_it_once,
     a_401_with_a_token_believed_valid_forces_one_refresh,
     transient_token_endpoint_failures_are_retried,
+    the_token_keeper_refreshes_idle_grants_once,
 );
 
 /// A separate "process": its own database pool, its own TokenManager and Jira client.
@@ -182,6 +183,40 @@ async fn transient_token_endpoint_failures_are_retried(backend: Backend) {
     fake.fail_token_requests(0);
     let token = client.tokens().access_token(id).await.expect("works again");
     assert_eq!(token.version, 3);
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn the_token_keeper_refreshes_idle_grants_once(backend: Backend) {
+    let Some((fake, env, app, id)) = connected(backend).await else {
+        return;
+    };
+    // Nothing is idle right after connecting.
+    let refreshed = worker::token_keeper::keep_once(&app.job_context)
+        .await
+        .expect("keep");
+    assert_eq!(refreshed, 0);
+
+    oauth_credential::Entity::update_many()
+        .col_expr(
+            oauth_credential::Column::RefreshedAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::days(31)),
+        )
+        .filter(oauth_credential::Column::ConnectionId.eq(id))
+        .exec(&app.db)
+        .await
+        .expect("age");
+    let refreshed = worker::token_keeper::keep_once(&app.job_context)
+        .await
+        .expect("keep");
+    assert_eq!(refreshed, 1);
+    assert_eq!(fake.refreshes(), 1);
+    let again = worker::token_keeper::keep_once(&app.job_context)
+        .await
+        .expect("keep");
+    assert_eq!(again, 0, "a refreshed grant is no longer idle");
+    assert_eq!(fake.refreshes(), 1);
 
     app.stop().await;
     env.cleanup().await;
