@@ -61,6 +61,20 @@ pub struct Settings {
     #[arg(long, env = "JIRA_CLIENT_SECRET", value_parser = parse_secret, hide_env_values = true)]
     pub jira_client_secret: Option<SecretString>,
 
+    /// OAuth scopes asked for when a Jira site is connected, space-separated. `offline_access`
+    /// is needed for a refresh token.
+    #[arg(
+        long,
+        env = "JIRA_SCOPES",
+        default_value = plugins::jira::oauth::DEFAULT_SCOPES
+    )]
+    pub jira_scopes: String,
+
+    /// Refresh an OAuth connection's tokens when its refresh token was not used for this long
+    /// (Atlassian expires refresh tokens unused for 90 days).
+    #[arg(long, env = "HOOKLINE_TOKEN_IDLE_REFRESH", default_value = "30d", value_parser = parse_duration)]
+    pub token_idle_refresh: Duration,
+
     /// Base URL of Atlassian's OAuth server (tests point it at a fake on loopback).
     #[arg(
         long,

@@ -41,9 +41,20 @@ pub enum ApiError {
     /// The request is well-formed but its content is invalid.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
+    /// Rate-limited (by us or by Jira); retry after the `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        /// Seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        Option<u64>,
+    ),
     /// An unexpected error; details are in the server log.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
+    /// An upstream service (Jira, Atlassian) failed.
+    #[oai(status = 502)]
+    BadGateway(Json<ErrorBody>),
     /// A dependency (database, queue) is unavailable; retry later.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>),
@@ -91,6 +102,25 @@ impl ApiError {
     /// 422 with a detail.
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::Unprocessable(envelope("unprocessable", detail))
+    }
+
+    /// 429 with a detail and, if known, how many seconds to wait.
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
+        Self::TooManyRequests(envelope("too_many_requests", detail), retry_after_secs)
+    }
+
+    /// 502: an upstream service failed; logged here, once, at warning level.
+    #[track_caller]
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        let location = std::panic::Location::caller();
+        tracing::warn!(detail = %detail, at = %location, "upstream failure");
+        Self::BadGateway(envelope("bad_gateway", detail))
+    }
+
+    /// 503 with a detail a person can act on (e.g. a missing setting), not logged as an error.
+    pub fn unavailable_because(detail: impl Into<String>) -> Self {
+        Self::Unavailable(envelope("unavailable", detail))
     }
 
     /// An unexpected failure: logged here, once, and answered as an opaque 500.
@@ -148,7 +178,9 @@ impl ApiError {
         | Self::PayloadTooLarge(Json(body))
         | Self::UnsupportedMediaType(Json(body))
         | Self::Unprocessable(Json(body))
+        | Self::TooManyRequests(Json(body), _)
         | Self::Internal(Json(body))
+        | Self::BadGateway(Json(body))
         | Self::Unavailable(Json(body))) = self;
         body
     }
@@ -163,7 +195,9 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

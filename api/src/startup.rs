@@ -9,6 +9,9 @@ use anyhow::{Context as _, bail};
 use entity::cipher::Cipher;
 use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
+use plugins::jira::oauth::{JiraOAuth, OAuthConfig};
+use plugins::jira::rest::JiraClient;
+use plugins::jira::token_manager::TokenManager;
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{EndpointExt, Route, Server};
@@ -101,6 +104,7 @@ impl Application {
         };
 
         let public_url = settings.public_base_url(local_addr.unwrap_or(settings.listen));
+        let jira = jira_client(&settings, &public_url, db.clone(), cipher.clone())?;
         let state = AppState {
             db: db.clone(),
             queue: queue.clone(),
@@ -110,6 +114,7 @@ impl Application {
             body_limit_bytes: settings.body_limit_bytes,
             ingest_grace: settings.lease,
             metrics,
+            jira: jira.clone(),
         };
         let job_context = JobContext {
             db,
@@ -118,8 +123,10 @@ impl Application {
                 concurrency: settings.worker_concurrency,
                 sweep_interval: settings.sweep_interval,
                 lease: settings.lease,
+                token_idle_refresh: settings.token_idle_refresh,
                 ..WorkerSettings::default()
             }),
+            tokens: jira.tokens().clone(),
         };
         Ok(Self {
             role,
@@ -219,6 +226,8 @@ fn openapi_service() -> OpenApiService<
         routes::connections::ConnectionApi,
         routes::events::EventApi,
         routes::health::HealthApi,
+        routes::oauth::OAuthApi,
+        routes::jira_issues::JiraIssueApi,
     ),
     (),
 > {
@@ -247,6 +256,34 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
             }
         })
         .boxed()
+}
+
+/// The Jira REST client with its token manager; the OAuth app only when `JIRA_CLIENT_ID` and
+/// `JIRA_CLIENT_SECRET` are both set.
+fn jira_client(
+    settings: &Settings,
+    public_url: &str,
+    db: DatabaseConnection,
+    cipher: Cipher,
+) -> anyhow::Result<JiraClient> {
+    use secrecy::ExposeSecret as _;
+    let http = plugins::jira::oauth::http_client().context("could not build the HTTP client")?;
+    let oauth = match (&settings.jira_client_id, &settings.jira_client_secret) {
+        (Some(client_id), Some(client_secret)) => Some(JiraOAuth::new(
+            OAuthConfig {
+                client_id: client_id.clone(),
+                client_secret: client_secret.expose_secret().to_owned(),
+                auth_url: settings.atlassian_auth_url.clone(),
+                api_url: settings.atlassian_api_url.clone(),
+                redirect_url: format!("{public_url}/oauth/jira/callback"),
+                scopes: settings.jira_scopes.clone(),
+            },
+            http.clone(),
+        )?),
+        _ => None,
+    };
+    let tokens = TokenManager::new(db, cipher, oauth);
+    Ok(JiraClient::new(http, &settings.atlassian_api_url, tokens))
 }
 
 fn metrics_routes(metrics: Option<PrometheusHandle>) -> BoxEndpoint<'static> {

@@ -28,6 +28,8 @@ pub struct AppState {
     pub ingest_grace: std::time::Duration,
     /// Renders `/metrics`, when a Prometheus recorder is installed in this process.
     pub metrics: Option<PrometheusHandle>,
+    /// The Jira REST client, with the token manager and (if configured) the OAuth app.
+    pub jira: plugins::jira::rest::JiraClient,
 }
 
 impl AppState {

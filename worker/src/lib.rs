@@ -11,6 +11,7 @@ pub mod queue;
 pub mod runner;
 pub mod sampler;
 pub mod sweeper;
+pub mod token_keeper;
 
 use std::time::Duration;
 
@@ -32,6 +33,10 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How long an idle worker waits before polling the queue again.
     pub poll_interval: Duration,
+    /// Refresh OAuth tokens whose refresh token was not used for this long.
+    pub token_idle_refresh: Duration,
+    /// How often the token keeper looks for such tokens.
+    pub token_keeper_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -42,6 +47,8 @@ impl Default for WorkerSettings {
             sweep_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
+            token_idle_refresh: Duration::from_secs(30 * 86_400),
+            token_keeper_interval: Duration::from_secs(3600),
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct JobContext {
     pub queue: JobQueue,
     /// How workers behave.
     pub settings: Arc<WorkerSettings>,
+    /// Valid Jira access tokens of OAuth connections.
+    pub tokens: plugins::jira::token_manager::TokenManager,
 }
 
 /// Registers the worker of one job type on the monitor, for whichever backend the queue uses.
@@ -95,6 +97,7 @@ pub async fn run_workers(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweeper::run(ctx.clone(), stop_rx.clone()));
     let sampler = tokio::spawn(sampler::run(ctx.clone(), stop_rx.clone()));
+    let _token_keeper = tokio::spawn(crate::token_keeper::run(ctx.clone(), stop_rx.clone()));
 
     let signal = async move {
         shutdown.await;

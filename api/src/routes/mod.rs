@@ -4,6 +4,8 @@ pub mod companies;
 pub mod connections;
 pub mod events;
 pub mod health;
+pub mod jira_issues;
+pub mod oauth;
 pub mod webhook;
 
 use poem_openapi::Tags;
@@ -21,6 +23,8 @@ pub enum ApiTags {
     Events,
     /// Health, readiness and metrics.
     Operations,
+    /// Jira data read through a connection's OAuth token.
+    Jira,
 }
 
 /// Every API of the service, as one OpenAPI service.
@@ -30,6 +34,8 @@ pub fn apis() -> (
     connections::ConnectionApi,
     events::EventApi,
     health::HealthApi,
+    oauth::OAuthApi,
+    jira_issues::JiraIssueApi,
 ) {
     (
         webhook::WebhookApi,
@@ -37,6 +43,8 @@ pub fn apis() -> (
         connections::ConnectionApi,
         events::EventApi,
         health::HealthApi,
+        oauth::OAuthApi,
+        jira_issues::JiraIssueApi,
     )
 }
 

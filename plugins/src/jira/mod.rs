@@ -1,6 +1,9 @@
 //! The Jira Cloud plugin.
 
 pub mod event;
+pub mod oauth;
+pub mod rest;
+pub mod token_manager;
 pub mod webhook;
 
 /// The plugin id stored in `plugin_connection.plugin_id` and sent to subscribers as `pluginId`.

@@ -4,8 +4,10 @@ mod api;
 mod events;
 mod helpers;
 mod ingest;
+mod oauth;
 mod openapi;
 mod processing;
+mod token_manager;
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:
 /// `embedded` and `postgres_redis`.
