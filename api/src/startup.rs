@@ -219,18 +219,7 @@ pub fn openapi_spec() -> String {
     openapi_service().spec()
 }
 
-fn openapi_service() -> OpenApiService<
-    (
-        routes::webhook::WebhookApi,
-        routes::companies::CompanyApi,
-        routes::connections::ConnectionApi,
-        routes::events::EventApi,
-        routes::health::HealthApi,
-        routes::oauth::OAuthApi,
-        routes::jira_issues::JiraIssueApi,
-    ),
-    (),
-> {
+fn openapi_service() -> OpenApiService<routes::Apis, ()> {
     OpenApiService::new(routes::apis(), "hookline", env!("CARGO_PKG_VERSION")).description(
         "hookline receives Jira Cloud webhooks, records them durably, enriches them through the \
          Jira REST API and delivers them to subscribers with Standard Webhooks signatures.",

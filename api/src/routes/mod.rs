@@ -27,8 +27,8 @@ pub enum ApiTags {
     Jira,
 }
 
-/// Every API of the service, as one OpenAPI service.
-pub fn apis() -> (
+/// Every API of the service, combined into one OpenAPI document.
+pub type Apis = (
     webhook::WebhookApi,
     companies::CompanyApi,
     connections::ConnectionApi,
@@ -36,7 +36,10 @@ pub fn apis() -> (
     health::HealthApi,
     oauth::OAuthApi,
     jira_issues::JiraIssueApi,
-) {
+);
+
+/// Every API of the service, as one OpenAPI service.
+pub fn apis() -> Apis {
     (
         webhook::WebhookApi,
         companies::CompanyApi,
