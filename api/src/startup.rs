@@ -109,6 +109,7 @@ impl Application {
             admin_token,
             body_limit_bytes: settings.body_limit_bytes,
             ingest_grace: settings.lease,
+            allow_private_targets: settings.allow_private_targets,
             metrics,
         };
         let job_context = JobContext {
@@ -118,8 +119,21 @@ impl Application {
                 concurrency: settings.worker_concurrency,
                 sweep_interval: settings.sweep_interval,
                 lease: settings.lease,
+                retry_schedule: settings.retry_schedule.0.clone(),
+                allow_private_targets: settings.allow_private_targets,
+                delivery_connect_timeout: settings.delivery_connect_timeout,
+                delivery_timeout: settings.delivery_timeout,
+                disable_failing_after: settings.disable_failing_after,
                 ..WorkerSettings::default()
             }),
+            cipher: state.cipher.clone(),
+            subscriber_client: worker::jobs::deliver::subscriber_client(
+                worker::jobs::deliver::ClientSettings {
+                    connect_timeout: settings.delivery_connect_timeout,
+                    timeout: settings.delivery_timeout,
+                    allow_private_targets: settings.allow_private_targets,
+                },
+            )?,
         };
         Ok(Self {
             role,

@@ -7,7 +7,9 @@
 pub mod jobs;
 pub mod queue;
 pub mod runner;
+pub mod signature;
 pub mod sweeper;
+pub mod target;
 
 use std::time::Duration;
 
@@ -29,6 +31,16 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How long an idle worker waits before polling the queue again.
     pub poll_interval: Duration,
+    /// Delays before each retry of a failed delivery; 1 + len attempts before it is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Let deliveries reach loopback, private, link-local and metadata addresses.
+    pub allow_private_targets: bool,
+    /// Time a delivery gets to connect to its subscriber.
+    pub delivery_connect_timeout: Duration,
+    /// Time a delivery attempt gets in total (connect, request, response excerpt).
+    pub delivery_timeout: Duration,
+    /// A subscription whose deliveries fail without a success for this long is disabled.
+    pub disable_failing_after: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -39,6 +51,13 @@ impl Default for WorkerSettings {
             sweep_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
+            retry_schedule: [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            allow_private_targets: false,
+            delivery_connect_timeout: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(15),
+            disable_failing_after: Duration::from_secs(5 * 86_400),
         }
     }
 }

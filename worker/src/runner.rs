@@ -10,7 +10,7 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use sea_orm::DatabaseConnection;
 
-use crate::jobs::{ProcessEvent, process_event};
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvent, deliver, process_event};
 use crate::queue::{Job, JobQueue};
 use crate::{WorkerSettings, sweeper};
 
@@ -23,6 +23,10 @@ pub struct JobContext {
     pub queue: JobQueue,
     /// How workers behave.
     pub settings: Arc<WorkerSettings>,
+    /// Decrypts subscription signing secrets.
+    pub cipher: entity::cipher::Cipher,
+    /// The HTTP client deliveries are sent with (see [`deliver::subscriber_client`]).
+    pub subscriber_client: reqwest::Client,
 }
 
 /// Registers the worker of one job type on the monitor, for whichever backend the queue uses.
@@ -110,6 +114,8 @@ pub async fn run_workers(
         });
 
     let monitor = register!(monitor, ctx, ProcessEvent, process_event::handle);
+    let monitor = register!(monitor, ctx, Deliver, deliver::handle);
+    let monitor = register!(monitor, ctx, DeliverRetry, deliver::handle_retry);
     let result = monitor
         .run_with_signal(signal)
         .await
