@@ -232,6 +232,8 @@ fn openapi_service() -> OpenApiService<
         routes::companies::CompanyApi,
         routes::connections::ConnectionApi,
         routes::health::HealthApi,
+        routes::subscriptions::SubscriptionApi,
+        routes::deliveries::DeliveryApi,
     ),
     (),
 > {

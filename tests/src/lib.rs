@@ -5,6 +5,7 @@
 //! prefix and port 0. When Postgres or Redis is not reachable the Postgres + Redis variant is
 //! skipped with a notice on stderr, unless `HOOKLINE_REQUIRE_SERVICES=1` (CI) makes it a failure.
 
+pub mod fake_subscriber;
 pub mod fixtures;
 pub mod proxy;
 pub mod services;

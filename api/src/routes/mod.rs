@@ -2,7 +2,9 @@
 
 pub mod companies;
 pub mod connections;
+pub mod deliveries;
 pub mod health;
+pub mod subscriptions;
 pub mod webhook;
 
 use poem_openapi::Tags;
@@ -16,6 +18,10 @@ pub enum ApiTags {
     Companies,
     /// Connected Jira sites and their webhook URLs.
     Connections,
+    /// Where a company's events are delivered.
+    Subscriptions,
+    /// Deliveries to subscribers, their attempts, and retries.
+    Deliveries,
     /// Health, readiness and metrics.
     Operations,
 }
@@ -26,12 +32,16 @@ pub fn apis() -> (
     companies::CompanyApi,
     connections::ConnectionApi,
     health::HealthApi,
+    subscriptions::SubscriptionApi,
+    deliveries::DeliveryApi,
 ) {
     (
         webhook::WebhookApi,
         companies::CompanyApi,
         connections::ConnectionApi,
         health::HealthApi,
+        subscriptions::SubscriptionApi,
+        deliveries::DeliveryApi,
     )
 }
 

@@ -1,10 +1,12 @@
 //! hookline's integration tests: one binary, every test on both backends.
 
 mod api;
+mod delivery;
 mod helpers;
 mod ingest;
 mod openapi;
 mod processing;
+mod subscriptions;
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:
 /// `embedded` and `postgres_redis`.
