@@ -100,6 +100,18 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_targets: bool,
 
+    /// Time a delivery gets to connect to its subscriber.
+    #[arg(long, env = "HOOKLINE_DELIVERY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub delivery_connect_timeout: Duration,
+
+    /// Time a delivery attempt gets in total (connect, request, response excerpt).
+    #[arg(long, env = "HOOKLINE_DELIVERY_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// A subscription whose deliveries fail without a success for this long is disabled.
+    #[arg(long, env = "HOOKLINE_DISABLE_FAILING_AFTER", default_value = "5d", value_parser = parse_duration)]
+    pub disable_failing_after: Duration,
+
     /// Jobs of one queue a worker process runs at once.
     #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,

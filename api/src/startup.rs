@@ -113,6 +113,7 @@ impl Application {
             admin_token,
             body_limit_bytes: settings.body_limit_bytes,
             ingest_grace: settings.lease,
+            allow_private_targets: settings.allow_private_targets,
             metrics,
             jira: jira.clone(),
         };
@@ -124,9 +125,22 @@ impl Application {
                 sweep_interval: settings.sweep_interval,
                 lease: settings.lease,
                 token_idle_refresh: settings.token_idle_refresh,
+                retry_schedule: settings.retry_schedule.0.clone(),
+                allow_private_targets: settings.allow_private_targets,
+                delivery_connect_timeout: settings.delivery_connect_timeout,
+                delivery_timeout: settings.delivery_timeout,
+                disable_failing_after: settings.disable_failing_after,
                 ..WorkerSettings::default()
             }),
             tokens: jira.tokens().clone(),
+            cipher: state.cipher.clone(),
+            subscriber_client: worker::jobs::deliver::subscriber_client(
+                worker::jobs::deliver::ClientSettings {
+                    connect_timeout: settings.delivery_connect_timeout,
+                    timeout: settings.delivery_timeout,
+                    allow_private_targets: settings.allow_private_targets,
+                },
+            )?,
         };
         Ok(Self {
             role,

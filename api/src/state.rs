@@ -26,6 +26,8 @@ pub struct AppState {
     /// How long a freshly recorded event is left to its own job before the sweeper enqueues it
     /// again.
     pub ingest_grace: std::time::Duration,
+    /// Whether subscriber URLs may point at loopback and private addresses.
+    pub allow_private_targets: bool,
     /// Renders `/metrics`, when a Prometheus recorder is installed in this process.
     pub metrics: Option<PrometheusHandle>,
     /// The Jira REST client, with the token manager and (if configured) the OAuth app.

@@ -6,6 +6,7 @@
 //! skipped with a notice on stderr, unless `HOOKLINE_REQUIRE_SERVICES=1` (CI) makes it a failure.
 
 pub mod fake_atlassian;
+pub mod fake_subscriber;
 pub mod fixtures;
 pub mod proxy;
 pub mod services;
@@ -93,6 +94,12 @@ impl TestEnv {
         settings.body_limit_bytes = 10 * 1024 * 1024;
         settings.data_dir = self.dir.path().join("data");
         settings.metrics_listen = None;
+        // The fake subscribers listen on loopback.
+        settings.allow_private_targets = true;
+        settings.retry_schedule =
+            api::config::RetrySchedule([200, 400, 800].map(Duration::from_millis).to_vec());
+        settings.delivery_connect_timeout = Duration::from_secs(1);
+        settings.delivery_timeout = Duration::from_secs(2);
         settings
     }
 

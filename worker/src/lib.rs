@@ -10,7 +10,9 @@ pub mod matching;
 pub mod queue;
 pub mod runner;
 pub mod sampler;
+pub mod signature;
 pub mod sweeper;
+pub mod target;
 pub mod token_keeper;
 
 use std::time::Duration;
@@ -37,6 +39,16 @@ pub struct WorkerSettings {
     pub token_idle_refresh: Duration,
     /// How often the token keeper looks for such tokens.
     pub token_keeper_interval: Duration,
+    /// Delays before each retry of a failed delivery; 1 + len attempts before it is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Let deliveries reach loopback, private, link-local and metadata addresses.
+    pub allow_private_targets: bool,
+    /// Time a delivery gets to connect to its subscriber.
+    pub delivery_connect_timeout: Duration,
+    /// Time a delivery attempt gets in total (connect, request, response excerpt).
+    pub delivery_timeout: Duration,
+    /// A subscription whose deliveries fail without a success for this long is disabled.
+    pub disable_failing_after: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -49,6 +61,13 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_millis(100),
             token_idle_refresh: Duration::from_secs(30 * 86_400),
             token_keeper_interval: Duration::from_secs(3600),
+            retry_schedule: [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            allow_private_targets: false,
+            delivery_connect_timeout: Duration::from_secs(5),
+            delivery_timeout: Duration::from_secs(15),
+            disable_failing_after: Duration::from_secs(5 * 86_400),
         }
     }
 }

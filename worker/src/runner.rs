@@ -10,7 +10,7 @@ use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use sea_orm::DatabaseConnection;
 
-use crate::jobs::{ProcessEvent, process_event};
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvent, deliver, process_event};
 use crate::queue::{Job, JobQueue};
 use crate::{WorkerSettings, sampler, sweeper};
 
@@ -25,6 +25,10 @@ pub struct JobContext {
     pub settings: Arc<WorkerSettings>,
     /// Valid Jira access tokens of OAuth connections.
     pub tokens: plugins::jira::token_manager::TokenManager,
+    /// Decrypts subscription signing secrets.
+    pub cipher: entity::cipher::Cipher,
+    /// The HTTP client deliveries are sent with (see [`deliver::subscriber_client`]).
+    pub subscriber_client: reqwest::Client,
 }
 
 /// Registers the worker of one job type on the monitor, for whichever backend the queue uses.
@@ -114,6 +118,8 @@ pub async fn run_workers(
         });
 
     let monitor = register!(monitor, ctx, ProcessEvent, process_event::handle);
+    let monitor = register!(monitor, ctx, Deliver, deliver::handle);
+    let monitor = register!(monitor, ctx, DeliverRetry, deliver::handle_retry);
     let result = monitor
         .run_with_signal(signal)
         .await

@@ -15,7 +15,7 @@ use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::jobs::ProcessEvent;
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvent};
 use crate::runner::JobContext;
 
 /// Most rows re-enqueued per statement; a sweep repeats until fewer are due.
@@ -34,6 +34,11 @@ pub async fn run(ctx: JobContext, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "sweeper re-enqueued lost events"),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "sweep failed"),
+        }
+        match sweep_deliveries_once(&ctx).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "sweeper enqueued due deliveries"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "delivery sweep failed"),
         }
     }
 }
@@ -91,4 +96,82 @@ async fn release_due_events(ctx: &JobContext) -> anyhow::Result<Vec<Uuid>> {
         .await
         .context("could not release due events")?;
     Ok(released.into_iter().map(|event| event.id).collect())
+}
+
+/// One sweep of deliveries: enqueues every due delivery of an enabled subscription that no job
+/// holds (a lost job, an expired lease, or a retry due sooner than apalis' whole-second
+/// schedule). Returns how many were enqueued.
+pub async fn sweep_deliveries_once(ctx: &JobContext) -> anyhow::Result<usize> {
+    let mut total = 0;
+    loop {
+        let released = release_due_deliveries(ctx).await?;
+        for &(delivery_id, attempts) in &released {
+            let pushed = if attempts == 0 {
+                ctx.queue.push(Deliver { delivery_id }).await
+            } else {
+                ctx.queue.push(DeliverRetry { delivery_id }).await
+            };
+            pushed.context("could not re-enqueue a delivery")?;
+        }
+        metrics::counter!("hookline_sweeper_requeued_total", "stage" => "deliver")
+            .increment(released.len() as u64);
+        total += released.len();
+        if (released.len() as u64) < BATCH {
+            return Ok(total);
+        }
+    }
+}
+
+/// Puts due deliveries back to `pending` with a fresh grace period and returns their ids and
+/// attempt counts. Deliveries of disabled subscriptions wait until the subscription is enabled.
+async fn release_due_deliveries(ctx: &JobContext) -> anyhow::Result<Vec<(Uuid, i32)>> {
+    use entity::{delivery, subscription};
+    let now = Utc::now();
+    let due = || {
+        Condition::all()
+            .add(
+                delivery::Column::Status
+                    .is_in([delivery::status::PENDING, delivery::status::IN_FLIGHT]),
+            )
+            .add(
+                Condition::any()
+                    .add(delivery::Column::NextAttemptAt.is_null())
+                    .add(delivery::Column::NextAttemptAt.lte(now)),
+            )
+            .add(
+                Condition::any()
+                    .add(delivery::Column::LockedUntil.is_null())
+                    .add(delivery::Column::LockedUntil.lt(now)),
+            )
+    };
+    let enabled_subscriptions = Query::select()
+        .column(subscription::Column::Id)
+        .from(subscription::Entity)
+        .and_where(subscription::Column::Enabled.eq(true))
+        .to_owned();
+    let due_ids = Query::select()
+        .column(delivery::Column::Id)
+        .from(delivery::Entity)
+        .cond_where(due())
+        .and_where(delivery::Column::SubscriptionId.in_subquery(enabled_subscriptions))
+        .limit(BATCH)
+        .to_owned();
+    let released = delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::Status,
+            Expr::value(delivery::status::PENDING),
+        )
+        .col_expr(
+            delivery::Column::LockedUntil,
+            Expr::value(now + ctx.settings.lease),
+        )
+        .filter(delivery::Column::Id.in_subquery(due_ids))
+        .filter(due())
+        .exec_with_returning(&ctx.db)
+        .await
+        .context("could not release due deliveries")?;
+    Ok(released
+        .into_iter()
+        .map(|delivery| (delivery.id, delivery.attempts))
+        .collect())
 }

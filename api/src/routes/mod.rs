@@ -2,10 +2,12 @@
 
 pub mod companies;
 pub mod connections;
+pub mod deliveries;
 pub mod events;
 pub mod health;
 pub mod jira_issues;
 pub mod oauth;
+pub mod subscriptions;
 pub mod webhook;
 
 use poem_openapi::Tags;
@@ -21,6 +23,10 @@ pub enum ApiTags {
     Connections,
     /// Received events, their processing and deliveries; replays.
     Events,
+    /// Where a company's events are delivered.
+    Subscriptions,
+    /// Deliveries to subscribers, their attempts, and retries.
+    Deliveries,
     /// Health, readiness and metrics.
     Operations,
     /// Jira data read through a connection's OAuth token.
@@ -36,6 +42,8 @@ pub type Apis = (
     health::HealthApi,
     oauth::OAuthApi,
     jira_issues::JiraIssueApi,
+    subscriptions::SubscriptionApi,
+    deliveries::DeliveryApi,
 );
 
 /// Every API of the service, as one OpenAPI service.
@@ -48,6 +56,8 @@ pub fn apis() -> Apis {
         health::HealthApi,
         oauth::OAuthApi,
         jira_issues::JiraIssueApi,
+        subscriptions::SubscriptionApi,
+        deliveries::DeliveryApi,
     )
 }
 

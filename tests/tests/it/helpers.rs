@@ -204,3 +204,118 @@ pub async fn wait_processed(app: &TestApp, event_id: Uuid) -> webhook_event::Mod
     )
     .await
 }
+
+/// Creates a subscription through the API; returns its JSON (with `id` and `secret`).
+pub async fn create_subscription(app: &TestApp, api_key: &str, url: &str) -> serde_json::Value {
+    let response = app
+        .client
+        .post(app.url("/api/v1/subscriptions"))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({ "url": url, "eventTypes": ["jira:issue_*"] }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 201, "create subscription");
+    response.json().await.expect("json")
+}
+
+/// Records a processed event and a pending delivery of it to `subscription_id` directly through
+/// the entities (as ProcessEvent would), and pushes `Deliver`. Returns (event id, delivery id).
+pub async fn event_with_delivery(
+    app: &TestApp,
+    connection: &serde_json::Value,
+    subscription_id: Uuid,
+) -> (Uuid, Uuid) {
+    use sea_orm::ActiveValue::Set;
+    let company_id: Uuid = entity::plugin_connection::Entity::find_by_id(connection_id(connection))
+        .one(&app.db)
+        .await
+        .expect("query")
+        .expect("connection")
+        .company_id;
+    let now = chrono::Utc::now();
+    let event_id = Uuid::now_v7();
+    let raw =
+        serde_json::json!({ "webhookEvent": "jira:issue_updated", "issue": { "key": "ENG-1" } });
+    webhook_event::Entity::insert(webhook_event::ActiveModel {
+        id: Set(event_id),
+        connection_id: Set(connection_id(connection)),
+        company_id: Set(company_id),
+        plugin_id: Set("jira".to_owned()),
+        delivery_key: Set(event_id.to_string()),
+        received_at: Set(now),
+        headers: Set(serde_json::json!({})),
+        body: Set(raw.to_string().into_bytes()),
+        status: Set("processed".to_owned()),
+        attempts: Set(1),
+        locked_until: Set(None),
+        event_type: Set(Some("jira:issue_updated".to_owned())),
+        data: Set(Some(serde_json::json!({
+            "eventId": event_id,
+            "pluginId": "jira",
+            "eventType": "jira:issue_updated",
+            "connectionId": connection_id(connection),
+            "companyId": company_id,
+            "occurredAt": now,
+            "issue": { "key": "ENG-1" },
+            "enrichment": { "status": "skipped" },
+            "raw": raw,
+        }))),
+        error: Set(None),
+        processed_at: Set(Some(now)),
+        replay_of: Set(None),
+    })
+    .exec(&app.db)
+    .await
+    .expect("insert event");
+    let delivery_id = Uuid::now_v7();
+    entity::delivery::Entity::insert(entity::delivery::ActiveModel {
+        id: Set(delivery_id),
+        event_id: Set(event_id),
+        subscription_id: Set(subscription_id),
+        company_id: Set(company_id),
+        status: Set("pending".to_owned()),
+        attempts: Set(0),
+        next_attempt_at: Set(Some(now)),
+        locked_until: Set(Some(now + chrono::Duration::seconds(2))),
+        last_status: Set(None),
+        last_error: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+        delivered_at: Set(None),
+    })
+    .exec(&app.db)
+    .await
+    .expect("insert delivery");
+    app.job_context
+        .queue
+        .push(worker::jobs::Deliver { delivery_id })
+        .await
+        .expect("push Deliver");
+    (event_id, delivery_id)
+}
+
+/// The stored delivery.
+pub async fn delivery(app: &TestApp, id: Uuid) -> entity::delivery::Model {
+    entity::delivery::Entity::find_by_id(id)
+        .one(&app.db)
+        .await
+        .expect("query")
+        .expect("delivery exists")
+}
+
+/// The delivery's attempts, in order.
+pub async fn attempts(app: &TestApp, id: Uuid) -> Vec<entity::delivery_attempt::Model> {
+    use sea_orm::QueryOrder;
+    entity::delivery_attempt::Entity::find()
+        .filter(entity::delivery_attempt::Column::DeliveryId.eq(id))
+        .order_by_asc(entity::delivery_attempt::Column::Attempt)
+        .all(&app.db)
+        .await
+        .expect("query")
+}
+
+/// The id inside a JSON object's `id`.
+pub fn id_of(value: &serde_json::Value) -> Uuid {
+    value["id"].as_str().expect("id").parse().expect("uuid")
+}

@@ -1,12 +1,14 @@
 //! hookline's integration tests: one binary, every test on both backends.
 
 mod api;
+mod delivery;
 mod events;
 mod helpers;
 mod ingest;
 mod oauth;
 mod openapi;
 mod processing;
+mod subscriptions;
 mod token_manager;
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:

@@ -3,5 +3,5 @@
 pub mod deliver;
 pub mod process_event;
 
-pub use deliver::Deliver;
+pub use deliver::{Deliver, DeliverRetry};
 pub use process_event::ProcessEvent;

@@ -1,0 +1,234 @@
+//! The `Deliver` job: signatures, retries on the schedule, dead deliveries, isolation (DESIGN §4).
+
+use std::time::Duration;
+
+use api::Role;
+use tests::fake_subscriber::{FakeSubscriber, Reply};
+use tests::{Backend, TestApp, wait_until};
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    a_subscriber_verifying_signatures_receives_every_delivery,
+    a_subscriber_failing_twice_gets_the_event_once_after_scheduled_retries,
+    a_subscriber_that_never_succeeds_ends_dead_and_a_manual_retry_delivers_it,
+    a_slow_subscriber_does_not_delay_a_healthy_one,
+);
+
+async fn wait_for_status(app: &TestApp, id: Uuid, status: &str) -> entity::delivery::Model {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the delivery is {status}"),
+        || async {
+            let stored = delivery(app, id).await;
+            (stored.status == status).then_some(stored)
+        },
+    )
+    .await
+}
+
+async fn a_subscriber_verifying_signatures_receives_every_delivery(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::All).await else {
+        return;
+    };
+    let subscriber = FakeSubscriber::start(Reply::Status(204)).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let secret = subscription["secret"].as_str().expect("secret").to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let mut deliveries = Vec::new();
+    for _ in 0..3 {
+        deliveries.push(event_with_delivery(&app, &connection, id_of(&subscription)).await);
+    }
+    for &(_, delivery_id) in &deliveries {
+        let done = wait_for_status(&app, delivery_id, "succeeded").await;
+        assert_eq!(done.attempts, 1);
+        assert!(done.delivered_at.is_some());
+    }
+    let requests = subscriber.requests();
+    assert_eq!(requests.len(), 3, "each delivery arrives once");
+    for request in &requests {
+        let id = request.header("webhook-id");
+        let timestamp: i64 = request
+            .header("webhook-timestamp")
+            .parse()
+            .expect("seconds");
+        let expected =
+            worker::signature::sign(&secret, id, timestamp, &request.body).expect("signs");
+        assert_eq!(request.header("webhook-signature"), expected);
+        assert_eq!(request.header("content-type"), "application/json");
+        assert!(request.header("user-agent").starts_with("hookline/"));
+        let body = request.json();
+        assert_eq!(body["type"], "jira:issue_updated");
+        assert!(body["timestamp"].is_string());
+        let (event_id, delivery_id) = deliveries
+            .iter()
+            .find(|(_, delivery_id)| delivery_id.to_string() == id)
+            .expect("webhook-id is a delivery id");
+        assert_eq!(body["data"]["eventId"], event_id.to_string());
+        assert_eq!(body["data"]["raw"]["issue"]["key"], "ENG-1");
+        assert_eq!(attempts(&app, *delivery_id).await.len(), 1);
+    }
+    check_with_standardwebhooks(&secret, &requests[0]);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Verifies a captured request with the reference Python library, when it is installed.
+fn check_with_standardwebhooks(secret: &str, request: &tests::fake_subscriber::ReceivedRequest) {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !available {
+        eprintln!(
+            "NOTICE: python3 with `standardwebhooks` is not installed; the cross-check with the \
+             reference implementation is skipped (pip install standardwebhooks)"
+        );
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/standardwebhooks_check.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .env("WEBHOOK_SECRET", secret)
+        .env("WEBHOOK_ID", request.header("webhook-id"))
+        .env("WEBHOOK_TIMESTAMP", request.header("webhook-timestamp"))
+        .env("WEBHOOK_SIGNATURE", request.header("webhook-signature"))
+        .env(
+            "WEBHOOK_BODY",
+            String::from_utf8_lossy(&request.body).as_ref(),
+        )
+        .output()
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "standardwebhooks rejected the delivery: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn a_subscriber_failing_twice_gets_the_event_once_after_scheduled_retries(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::All).await else {
+        return;
+    };
+    let subscriber = FakeSubscriber::start(Reply::Status(200)).await;
+    subscriber.fail_times(2);
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let (_, delivery_id) = event_with_delivery(&app, &connection, id_of(&subscription)).await;
+    let done = wait_for_status(&app, delivery_id, "succeeded").await;
+    assert_eq!(done.attempts, 3);
+    let recorded = attempts(&app, delivery_id).await;
+    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded[0].status_code, Some(500));
+    assert_eq!(recorded[1].status_code, Some(500));
+    assert!(recorded[0].error.is_some() && recorded[1].error.is_some());
+    assert!(
+        recorded[0]
+            .response_excerpt
+            .as_deref()
+            .is_some_and(|excerpt| excerpt.contains("500"))
+    );
+    assert_eq!(recorded[2].status_code, Some(200));
+    assert!(recorded[2].error.is_none());
+    let requests = subscriber.requests();
+    assert_eq!(requests.len(), 3);
+    let ids: Vec<&str> = requests.iter().map(|r| r.header("webhook-id")).collect();
+    assert!(
+        ids.iter().all(|id| *id == delivery_id.to_string()),
+        "webhook-id is stable"
+    );
+    // Schedule 200 ms, 400 ms (±20 %), plus up to a sweep interval and a poll: generous bounds.
+    let gaps: Vec<Duration> = requests.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(150), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(300), "{gaps:?}");
+    assert!(
+        gaps.iter().all(|gap| *gap < Duration::from_secs(5)),
+        "{gaps:?}"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn a_subscriber_that_never_succeeds_ends_dead_and_a_manual_retry_delivers_it(
+    backend: Backend,
+) {
+    let Some((env, app)) = start(backend, Role::All).await else {
+        return;
+    };
+    let subscriber = FakeSubscriber::start(Reply::Status(503)).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let (_, delivery_id) = event_with_delivery(&app, &connection, id_of(&subscription)).await;
+    let dead = wait_for_status(&app, delivery_id, "dead").await;
+    assert_eq!(dead.attempts, 4, "1 + 3 retries");
+    assert_eq!(dead.last_status, Some(503));
+    assert_eq!(attempts(&app, delivery_id).await.len(), 4);
+    assert_eq!(subscriber.requests().len(), 4);
+
+    subscriber.set_default(Reply::Status(200));
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/deliveries/{delivery_id}/retry")))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    wait_for_status(&app, delivery_id, "succeeded").await;
+    let detail: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/deliveries/{delivery_id}")))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(detail["status"], "succeeded");
+    assert_eq!(
+        detail["attemptsMade"].as_array().expect("attempts").len(),
+        5
+    );
+    assert_eq!(subscriber.requests().len(), 5);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn a_slow_subscriber_does_not_delay_a_healthy_one(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::All).await else {
+        return;
+    };
+    let slow = FakeSubscriber::start(Reply::Hang(Duration::from_secs(30))).await;
+    let healthy = FakeSubscriber::start(Reply::Status(200)).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let slow_subscription = create_subscription(&app, &api_key, &slow.url).await;
+    let healthy_subscription = create_subscription(&app, &api_key, &healthy.url).await;
+    let mut slow_deliveries = Vec::new();
+    for _ in 0..3 {
+        let (_, id) = event_with_delivery(&app, &connection, id_of(&slow_subscription)).await;
+        slow_deliveries.push(id);
+    }
+    let mut healthy_deliveries = Vec::new();
+    for _ in 0..5 {
+        let (_, id) = event_with_delivery(&app, &connection, id_of(&healthy_subscription)).await;
+        healthy_deliveries.push(id);
+    }
+    for &id in &healthy_deliveries {
+        wait_for_status(&app, id, "succeeded").await;
+    }
+    assert_eq!(healthy.requests().len(), 5);
+    for &id in &slow_deliveries {
+        let stored = delivery(&app, id).await;
+        assert!(
+            stored.status == "pending" || stored.status == "in_flight",
+            "the slow subscriber is still being retried: {}",
+            stored.status
+        );
+    }
+    app.stop().await;
+    env.cleanup().await;
+}
