@@ -137,6 +137,11 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_LEASE", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
 
+    /// How long enriching one event through the Jira API may take, waits for `Retry-After`
+    /// and retries included; past it the event is delivered with `enrichment.status = failed`.
+    #[arg(long, env = "HOOKLINE_ENRICHMENT_BUDGET", default_value = "10s", value_parser = parse_duration)]
+    pub enrichment_budget: Duration,
+
     /// Where the embedded mode keeps its generated secrets.
     #[arg(long, env = "HOOKLINE_DATA_DIR", default_value = ".hookline")]
     pub data_dir: PathBuf,

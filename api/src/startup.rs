@@ -125,6 +125,7 @@ impl Application {
                 sweep_interval: settings.sweep_interval,
                 lease: settings.lease,
                 token_idle_refresh: settings.token_idle_refresh,
+                enrichment_budget: settings.enrichment_budget,
                 retry_schedule: settings.retry_schedule.0.clone(),
                 allow_private_targets: settings.allow_private_targets,
                 delivery_connect_timeout: settings.delivery_connect_timeout,
@@ -132,7 +133,7 @@ impl Application {
                 disable_failing_after: settings.disable_failing_after,
                 ..WorkerSettings::default()
             }),
-            tokens: jira.tokens().clone(),
+            jira: jira.clone(),
             cipher: state.cipher.clone(),
             subscriber_client: worker::jobs::deliver::subscriber_client(
                 worker::jobs::deliver::ClientSettings {

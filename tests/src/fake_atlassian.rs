@@ -44,6 +44,8 @@ struct Inner {
     access_lifetime: Duration,
     reuse_grace: Duration,
     rate_limited: Option<u64>,
+    /// The next `.0` issue requests answer status `.1` (429s carry `Retry-After: 1`).
+    issue_failures: (usize, u16),
     token_failures: usize,
     codes: HashMap<String, String>,
     grants: HashMap<u64, bool>,
@@ -58,6 +60,7 @@ impl Default for Inner {
             access_lifetime: Duration::from_secs(3600),
             reuse_grace: Duration::from_millis(200),
             rate_limited: None,
+            issue_failures: (0, 500),
             token_failures: 0,
             codes: HashMap::new(),
             grants: HashMap::new(),
@@ -187,6 +190,12 @@ impl FakeAtlassian {
     /// While `Some(seconds)`, the issue API answers 429 with that `Retry-After`.
     pub fn set_rate_limited(&self, retry_after: Option<u64>) {
         self.inner().rate_limited = retry_after;
+    }
+
+    /// The next `count` issue requests answer `status` (a 429 carries `Retry-After: 1`);
+    /// `usize::MAX` for all of them.
+    pub fn fail_issue_requests(&self, count: usize, status: u16) {
+        self.inner().issue_failures = (count, status);
     }
 
     /// The next `count` token requests fail with 503.
@@ -364,7 +373,17 @@ fn issue(
     state: Data<&Arc<FakeState>>,
 ) -> Response {
     state.issue_requests.fetch_add(1, Ordering::SeqCst);
-    let inner = state.inner.lock().expect("fake state");
+    let mut inner = state.inner.lock().expect("fake state");
+    if inner.issue_failures.0 > 0 {
+        let (count, status) = inner.issue_failures;
+        inner.issue_failures.0 = count.saturating_sub(if count == usize::MAX { 0 } else { 1 });
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Response::builder()
+            .status(status)
+            .content_type("application/json")
+            .header("retry-after", "1")
+            .body(r#"{"errorMessages":["scripted failure"]}"#);
+    }
     if !inner.valid_access(&bearer(req)) {
         return json_response(
             StatusCode::UNAUTHORIZED,

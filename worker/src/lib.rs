@@ -35,6 +35,9 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// How long an idle worker waits before polling the queue again.
     pub poll_interval: Duration,
+    /// How long enrichment may take per event (retries and `Retry-After` waits included)
+    /// before the event goes out with `enrichment.status = failed`.
+    pub enrichment_budget: Duration,
     /// Refresh OAuth tokens whose refresh token was not used for this long.
     pub token_idle_refresh: Duration,
     /// How often the token keeper looks for such tokens.
@@ -59,6 +62,7 @@ impl Default for WorkerSettings {
             sweep_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(100),
+            enrichment_budget: Duration::from_secs(10),
             token_idle_refresh: Duration::from_secs(30 * 86_400),
             token_keeper_interval: Duration::from_secs(3600),
             retry_schedule: [5, 300, 1800, 7200, 18_000, 36_000, 36_000]

@@ -23,8 +23,8 @@ pub struct JobContext {
     pub queue: JobQueue,
     /// How workers behave.
     pub settings: Arc<WorkerSettings>,
-    /// Valid Jira access tokens of OAuth connections.
-    pub tokens: plugins::jira::token_manager::TokenManager,
+    /// The Jira REST client (enrichment) and, through it, the OAuth token manager.
+    pub jira: plugins::jira::rest::JiraClient,
     /// Decrypts subscription signing secrets.
     pub cipher: entity::cipher::Cipher,
     /// The HTTP client deliveries are sent with (see [`deliver::subscriber_client`]).

@@ -35,15 +35,15 @@ pub async fn run(ctx: JobContext, mut stop: watch::Receiver<bool>) {
 
 /// One round: refreshes every idle credential (up to a batch). Returns how many were refreshed.
 pub async fn keep_once(ctx: &JobContext) -> anyhow::Result<usize> {
-    let Some(_) = ctx.tokens.oauth() else {
+    let Some(_) = ctx.jira.tokens().oauth() else {
         // Without the app's client credentials nothing can be refreshed.
         return Ok(0);
     };
     let idle = ctx.settings.token_idle_refresh;
     let cutoff = Utc::now() - chrono::Duration::from_std(idle)?;
     let mut refreshed = 0;
-    for connection_id in ctx.tokens.idle_connections(cutoff, BATCH).await? {
-        match ctx.tokens.refresh_if_idle(connection_id, idle).await {
+    for connection_id in ctx.jira.tokens().idle_connections(cutoff, BATCH).await? {
+        match ctx.jira.tokens().refresh_if_idle(connection_id, idle).await {
             Ok(true) => refreshed += 1,
             Ok(false) => {}
             // Counted and recorded on the connection by the TokenManager.

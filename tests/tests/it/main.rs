@@ -2,6 +2,7 @@
 
 mod api;
 mod delivery;
+mod enrichment;
 mod events;
 mod helpers;
 mod ingest;
