@@ -232,3 +232,110 @@ async fn a_slow_subscriber_does_not_delay_a_healthy_one(backend: Backend) {
     app.stop().await;
     env.cleanup().await;
 }
+
+on_both_backends!(a_worker_killed_mid_delivery_is_taken_over_by_a_new_worker);
+
+/// The real `hookline` binary, built once.
+fn hookline_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "api", "--bin", "hookline"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the hookline binary failed");
+            // …/debug/deps/it-<hash> → …/debug/hookline
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let debug = exe
+                .parent()
+                .and_then(std::path::Path::parent)
+                .expect("the target directory");
+            debug.join("hookline")
+        })
+        .clone()
+}
+
+/// A `hookline worker` OS process, killed with SIGKILL when dropped.
+struct WorkerProcess(std::process::Child);
+
+impl WorkerProcess {
+    async fn spawn(env: &tests::TestEnv) -> Self {
+        use base64::Engine as _;
+        let binary = tokio::task::spawn_blocking(hookline_binary)
+            .await
+            .expect("build");
+        let mut command = std::process::Command::new(binary);
+        command
+            .arg("worker")
+            .env("DATABASE_URL", &env.database_url)
+            .env(
+                "HOOKLINE_ENCRYPTION_KEY",
+                base64::engine::general_purpose::STANDARD.encode(tests::TEST_ENCRYPTION_KEY),
+            )
+            .env("HOOKLINE_QUEUE_PREFIX", &env.queue_prefix)
+            .env("HOOKLINE_SWEEP_INTERVAL", "200ms")
+            .env("HOOKLINE_LEASE", "2s")
+            .env("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true")
+            .env("HOOKLINE_DELIVERY_TIMEOUT", "3s")
+            .env("HOOKLINE_RETRY_SCHEDULE", "200ms,400ms,800ms")
+            .env("HOOKLINE_WORKER_CONCURRENCY", "2")
+            .env("HOOKLINE_DATA_DIR", env.dir.path().join("data"))
+            .env_remove("REDIS_URL")
+            .env_remove("HOOKLINE_METRICS_LISTEN")
+            .stdout(std::process::Stdio::null());
+        if let Some(redis) = &env.redis_url {
+            command.env("REDIS_URL", redis);
+        }
+        Self(command.spawn().expect("start hookline worker"))
+    }
+
+    fn kill(&mut self) {
+        // `Child::kill` sends SIGKILL on Unix: no graceful shutdown.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn a_worker_killed_mid_delivery_is_taken_over_by_a_new_worker(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let subscriber = FakeSubscriber::start(Reply::Hang(Duration::from_secs(60))).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let (_, delivery_id) = event_with_delivery(&app, &connection, id_of(&subscription)).await;
+
+    let mut first = WorkerProcess::spawn(&env).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the first worker is mid-delivery",
+        || async { (!subscriber.requests().is_empty()).then_some(()) },
+    )
+    .await;
+    assert_eq!(delivery(&app, delivery_id).await.status, "in_flight");
+    first.kill();
+
+    subscriber.set_default(Reply::Status(200));
+    let second = WorkerProcess::spawn(&env).await;
+    let done = wait_until(
+        Duration::from_secs(60),
+        "the new worker completes the delivery",
+        || async {
+            let stored = delivery(&app, delivery_id).await;
+            (stored.status == "succeeded").then_some(stored)
+        },
+    )
+    .await;
+    assert_eq!(done.attempts, 2, "the killed worker's attempt counts");
+    assert_eq!(subscriber.requests().len(), 2);
+    drop(second);
+    app.stop().await;
+    env.cleanup().await;
+}
