@@ -97,8 +97,10 @@ pub struct Settings {
     pub retry_schedule: RetrySchedule,
 
     /// Allow subscriber URLs on loopback, private, link-local and metadata addresses.
-    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_private_targets: bool,
+    /// Default: true in the embedded mode (trying hookline out with a local subscriber),
+    /// false otherwise.
+    #[arg(long, env = "HOOKLINE_ALLOW_PRIVATE_TARGETS", action = clap::ArgAction::Set)]
+    pub allow_private_targets: Option<bool>,
 
     /// Time a delivery gets to connect to its subscriber.
     #[arg(long, env = "HOOKLINE_DELIVERY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -183,6 +185,12 @@ impl Settings {
     /// Whether the database is SQLite (the embedded mode).
     pub fn is_embedded(&self) -> bool {
         self.database_url.starts_with("sqlite:")
+    }
+
+    /// Whether subscriber URLs may point at private addresses (see the field).
+    pub fn private_targets_allowed(&self) -> bool {
+        self.allow_private_targets
+            .unwrap_or_else(|| self.is_embedded())
     }
 
     /// The public base URL without a trailing slash.

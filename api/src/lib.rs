@@ -9,6 +9,7 @@ pub mod embedded;
 pub mod error;
 pub mod payload;
 pub mod routes;
+pub mod sink;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

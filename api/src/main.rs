@@ -25,6 +25,8 @@ enum Command {
     Migrate(Settings),
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// A small subscriber that verifies and prints deliveries (for trying hookline out).
+    Sink(api::sink::SinkSettings),
 }
 
 #[tokio::main]
@@ -38,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", api::openapi_spec());
             return Ok(());
         }
+        Some(Command::Sink(settings)) => return api::sink::run(settings).await,
         Some(Command::Migrate(settings)) => {
             telemetry::init_logging(settings.log_format);
             settings.validate()?;

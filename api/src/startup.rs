@@ -113,7 +113,7 @@ impl Application {
             admin_token,
             body_limit_bytes: settings.body_limit_bytes,
             ingest_grace: settings.lease,
-            allow_private_targets: settings.allow_private_targets,
+            allow_private_targets: settings.private_targets_allowed(),
             metrics,
             jira: jira.clone(),
         };
@@ -127,7 +127,7 @@ impl Application {
                 token_idle_refresh: settings.token_idle_refresh,
                 enrichment_budget: settings.enrichment_budget,
                 retry_schedule: settings.retry_schedule.0.clone(),
-                allow_private_targets: settings.allow_private_targets,
+                allow_private_targets: settings.private_targets_allowed(),
                 delivery_connect_timeout: settings.delivery_connect_timeout,
                 delivery_timeout: settings.delivery_timeout,
                 disable_failing_after: settings.disable_failing_after,
@@ -139,7 +139,7 @@ impl Application {
                 worker::jobs::deliver::ClientSettings {
                     connect_timeout: settings.delivery_connect_timeout,
                     timeout: settings.delivery_timeout,
-                    allow_private_targets: settings.allow_private_targets,
+                    allow_private_targets: settings.private_targets_allowed(),
                 },
             )?,
         };

@@ -95,7 +95,7 @@ impl TestEnv {
         settings.data_dir = self.dir.path().join("data");
         settings.metrics_listen = None;
         // The fake subscribers listen on loopback.
-        settings.allow_private_targets = true;
+        settings.allow_private_targets = Some(true);
         settings.retry_schedule =
             api::config::RetrySchedule([200, 400, 800].map(Duration::from_millis).to_vec());
         settings.delivery_connect_timeout = Duration::from_secs(1);
@@ -268,4 +268,35 @@ fn init_test_process() {
             api::telemetry::init_logging(api::config::LogFormat::Text);
         }
     });
+}
+
+/// The real `hookline` binary, built once.
+pub fn hookline_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // Without the variables cargo sets for this test process: build scripts and macros
+            // track some of them, and different values would rebuild dependencies every run.
+            let mut command = std::process::Command::new(env!("CARGO"));
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy().into_owned();
+                let keep = matches!(name.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR");
+                if !keep && (name.starts_with("CARGO_") || name == "OUT_DIR" || name == "RUSTC") {
+                    command.env_remove(name);
+                }
+            }
+            let status = command
+                .args(["build", "-p", "api", "--bin", "hookline"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building the hookline binary failed");
+            // …/debug/deps/it-<hash> → …/debug/hookline
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let debug = exe
+                .parent()
+                .and_then(std::path::Path::parent)
+                .expect("the target directory");
+            debug.join("hookline")
+        })
+        .clone()
 }

@@ -235,34 +235,13 @@ async fn a_slow_subscriber_does_not_delay_a_healthy_one(backend: Backend) {
 
 on_both_backends!(a_worker_killed_mid_delivery_is_taken_over_by_a_new_worker);
 
-/// The real `hookline` binary, built once.
-fn hookline_binary() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "api", "--bin", "hookline"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building the hookline binary failed");
-            // …/debug/deps/it-<hash> → …/debug/hookline
-            let exe = std::env::current_exe().expect("the test binary's path");
-            let debug = exe
-                .parent()
-                .and_then(std::path::Path::parent)
-                .expect("the target directory");
-            debug.join("hookline")
-        })
-        .clone()
-}
-
 /// A `hookline worker` OS process, killed with SIGKILL when dropped.
 struct WorkerProcess(std::process::Child);
 
 impl WorkerProcess {
     async fn spawn(env: &tests::TestEnv) -> Self {
         use base64::Engine as _;
-        let binary = tokio::task::spawn_blocking(hookline_binary)
+        let binary = tokio::task::spawn_blocking(tests::hookline_binary)
             .await
             .expect("build");
         let mut command = std::process::Command::new(binary);

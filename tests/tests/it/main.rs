@@ -2,6 +2,7 @@
 
 mod api;
 mod delivery;
+mod embedded;
 mod enrichment;
 mod events;
 mod helpers;

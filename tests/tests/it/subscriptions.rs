@@ -18,7 +18,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     env.migrate().await;
     let app = env
         .spawn_with(Role::Serve, |settings| {
-            settings.allow_private_targets = false
+            settings.allow_private_targets = Some(false)
         })
         .await;
     let (_, api_key) = app.create_company("Northwind").await;

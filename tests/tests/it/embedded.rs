@@ -1,0 +1,241 @@
+//! The embedded default as a new user runs it: the real `hookline` binary with no configuration
+//! (SQLite, embedded queue, generated secrets), the README walk-through, and a `kill -9`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tests::fake_subscriber::{FakeSubscriber, Reply};
+use tests::{fixtures, wait_until};
+
+/// A `hookline` OS process, killed with SIGKILL when dropped.
+struct Process(Child);
+
+impl Process {
+    /// Starts `hookline <args>` in `dir` with the environment a new user has (nothing set).
+    fn start(dir: &Path, args: &[&str], envs: &[(&str, String)], output: &Path) -> Self {
+        let log = std::fs::File::create(output).expect("log file");
+        let mut command = Command::new(tests::hookline_binary());
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("HOOKLINE_ENCRYPTION_KEY")
+            .env_remove("HOOKLINE_ADMIN_TOKEN")
+            .env_remove("HOOKLINE_ALLOW_PRIVATE_TARGETS")
+            .env("HOOKLINE_SWEEP_INTERVAL", "200ms")
+            .env("HOOKLINE_LEASE", "2s")
+            .stdout(Stdio::from(log.try_clone().expect("log file")))
+            .stderr(Stdio::from(log));
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        Self(command.spawn().expect("start hookline"))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+async fn wait_healthy(base: &str) {
+    let client = reqwest::Client::new();
+    wait_until(
+        Duration::from_secs(60),
+        "hookline answers /healthz",
+        || async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .ok()
+                .filter(|response| response.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success())
+        || Command::new(tool)
+            .arg("version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthrough_works_as_printed_in_the_banner_and_readme() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !(have("curl") && have("openssl")) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTICE: walk-through test SKIPPED: it needs curl and openssl"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let (port, sink_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{port}");
+    let hookline_log = dir.path().join("hookline.log");
+    let sink_log = dir.path().join("sink.log");
+    let _hookline = Process::start(
+        dir.path(),
+        &[],
+        &[("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))],
+        &hookline_log,
+    );
+    let _sink = Process::start(
+        dir.path(),
+        &["sink", "--listen", &format!("127.0.0.1:{sink_port}")],
+        &[],
+        &sink_log,
+    );
+    wait_healthy(&base).await;
+
+    let banner = std::fs::read_to_string(&hookline_log).expect("log");
+    assert!(banner.contains("EMBEDDED MODE"), "{banner}");
+    assert!(banner.contains(&format!("HOOKLINE={base}")), "{banner}");
+    let script =
+        std::fs::read_to_string(repository_root().join("examples/walkthrough.sh")).expect("script");
+    let printed = script.split_once("# --- walk-through").expect("marker").1;
+    let printed = printed.split_once('\n').expect("line").1;
+    assert!(
+        banner.contains(printed.trim()),
+        "the banner prints the tested walk-through"
+    );
+
+    let output = tokio::task::spawn_blocking({
+        let data_dir = dir.path().join(".hookline");
+        let base = base.clone();
+        move || {
+            Command::new("bash")
+                .arg("examples/walkthrough.sh")
+                .current_dir(repository_root())
+                .env("HOOKLINE", base)
+                .env("SINK", format!("http://127.0.0.1:{sink_port}/"))
+                .env("HOOKLINE_DATA_DIR", data_dir)
+                .output()
+                .expect("run the walk-through")
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("delivered: yes"), "{stdout}");
+    let sink = std::fs::read_to_string(&sink_log).expect("sink log");
+    assert!(sink.contains("type=jira:issue_created"), "{sink}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_accepted_before_a_kill_9_is_delivered_after_a_restart() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = [("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))];
+    let log = dir.path().join("first.log");
+    let mut first = Process::start(dir.path(), &[], &listen, &log);
+    wait_healthy(&base).await;
+
+    let secrets: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(".hookline/secrets.json")).expect("secrets file"),
+    )
+    .expect("json");
+    let admin = secrets["adminToken"].as_str().expect("adminToken");
+    let client = reqwest::Client::new();
+    let company: serde_json::Value = client
+        .post(format!("{base}/api/v1/companies"))
+        .bearer_auth(admin)
+        .json(&serde_json::json!({"name": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let key = company["apiKey"].as_str().expect("apiKey");
+    let connection: serde_json::Value = client
+        .post(format!("{base}/api/v1/connections"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"pluginId": "jira", "externalId": "northwind.atlassian.net", "externalName": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let subscriber = FakeSubscriber::start(Reply::Status(200)).await;
+    let subscription = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"url": subscriber.url, "eventTypes": ["*"]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        subscription.status(),
+        201,
+        "private targets are allowed in the embedded mode"
+    );
+
+    let body = fixtures::bytes("webhook_issue_created.json");
+    let secret = connection["webhookSecret"].as_str().expect("secret");
+    let response = client
+        .post(connection["webhookUrl"].as_str().expect("url"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature",
+            plugins::jira::webhook::sign(secret.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    first.kill();
+    let out: serde_json::Value = response.json().await.expect("json");
+    let event_id = out["eventId"].as_str().expect("eventId").to_owned();
+
+    let _second = Process::start(dir.path(), &[], &listen, &dir.path().join("second.log"));
+    wait_until(
+        Duration::from_secs(60),
+        "the event is delivered after the restart",
+        || async {
+            subscriber
+                .requests()
+                .iter()
+                .any(|request| request.json()["data"]["eventId"] == event_id.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+}
