@@ -126,6 +126,12 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// How long ingest keeps a connection (its company and webhook secret) in memory before
+    /// reading it again; `0s` reads it on every webhook. A connection deleted through another
+    /// API process stops accepting events within this time.
+    #[arg(long, env = "HOOKLINE_CONNECTION_CACHE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub connection_cache_ttl: Duration,
+
     /// Namespace of the queues in Redis; deployments sharing one Redis need different ones.
     #[arg(long, env = "HOOKLINE_QUEUE_PREFIX", default_value = "hookline")]
     pub queue_prefix: String,

@@ -5,8 +5,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod connection_cache;
 pub mod embedded;
 pub mod error;
+pub mod event_writer;
 pub mod payload;
 pub mod routes;
 pub mod sink;

@@ -116,6 +116,10 @@ impl Application {
             allow_private_targets: settings.private_targets_allowed(),
             metrics,
             jira: jira.clone(),
+            connections: crate::connection_cache::ConnectionCache::new(
+                settings.connection_cache_ttl,
+            ),
+            events: crate::event_writer::EventWriter::spawn(db.clone()),
         };
         let job_context = JobContext {
             db,
@@ -258,6 +262,27 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
             } else {
                 error.into_response()
             }
+        })
+        .around(|endpoint, request| async move {
+            use poem::Endpoint as _;
+            use tracing::Instrument as _;
+            // One span per request. The path only: query strings can carry OAuth codes.
+            let span = tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path()
+            );
+            let started = std::time::Instant::now();
+            let response = endpoint.call(request).instrument(span.clone()).await;
+            let _entered = span.enter();
+            if let Ok(response) = &response {
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "request finished"
+                );
+            }
+            response
         })
         .boxed()
 }

@@ -32,6 +32,10 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The Jira REST client, with the token manager and (if configured) the OAuth app.
     pub jira: plugins::jira::rest::JiraClient,
+    /// Connections as ingest sees them, cached for a few seconds.
+    pub connections: crate::connection_cache::ConnectionCache,
+    /// Records received webhooks with group commit.
+    pub events: crate::event_writer::EventWriter,
 }
 
 impl AppState {

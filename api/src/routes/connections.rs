@@ -244,6 +244,7 @@ impl ConnectionApi {
         let model = find_connection(&state, auth.0.id, &id).await?;
         let connection_id = model.id;
         model.delete(&state.db).await?;
+        state.connections.forget(connection_id);
         tracing::info!(connection.id = %connection_id, "connection deleted");
         Ok(DeleteConnectionResponse::Deleted)
     }

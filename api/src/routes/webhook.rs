@@ -6,20 +6,19 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use entity::plugin_connection::{self, status as connection_status};
 use entity::webhook_event::{self, status};
 use plugins::jira::webhook as jira_webhook;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TryInsertResult,
-};
+use secrecy::ExposeSecret as _;
 use uuid::Uuid;
 use worker::jobs::ProcessEvent;
 
+use crate::connection_cache::LookupError;
 use crate::error::{ApiError, ApiResult};
+use crate::event_writer::{RecordError, Recorded};
 use crate::payload::RawJson;
 use crate::routes::ApiTags;
 use crate::state::AppState;
@@ -105,97 +104,95 @@ async fn ingest(
 ) -> ApiResult<IngestOut> {
     let not_found = || ApiError::not_found("connection");
     let connection_id = Uuid::parse_str(connection_id).map_err(|_| not_found())?;
-    let connection = plugin_connection::Entity::find_by_id(connection_id)
-        .one(&state.db)
+    let mut connection = state
+        .connections
+        .get(&state.db, &state.cipher, connection_id)
         .await
-        .map_err(|error| ApiError::unavailable(error))?
+        .map_err(lookup_error)?
         .ok_or_else(not_found)?;
-    if connection.status == connection_status::DISABLED {
-        return Err(not_found());
-    }
 
     let body = body.0;
-    if let Some(secret) = &connection.webhook_secret {
-        let secret = state.cipher.decrypt(secret).map_err(|error| {
-            ApiError::internal(anyhow::Error::new(error).context("decrypting a webhook secret"))
-        })?;
-        let header = header_str(req, jira_webhook::SIGNATURE_HEADER);
-        jira_webhook::verify_signature(secret.as_bytes(), &body, header)
-            .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+    let signature = header_str(req, jira_webhook::SIGNATURE_HEADER);
+    if let Some(secret) = &connection.webhook_secret
+        && let Err(error) = jira_webhook::verify_signature(secret.expose_secret(), &body, signature)
+    {
+        // The cached secret may be stale: check once more against the stored one.
+        connection = state
+            .connections
+            .reload(&state.db, &state.cipher, connection_id)
+            .await
+            .map_err(lookup_error)?
+            .ok_or_else(not_found)?;
+        if let Some(secret) = &connection.webhook_secret {
+            jira_webhook::verify_signature(secret.expose_secret(), &body, signature)
+                .map_err(|_| ApiError::unauthorized(error.to_string()))?;
+        }
     }
 
     let delivery_key =
         jira_webhook::delivery_key(header_str(req, jira_webhook::IDENTIFIER_HEADER), &body);
-    let event_id = Uuid::now_v7();
     let received_at = Utc::now();
-    let event = webhook_event::ActiveModel {
-        id: Set(event_id),
-        connection_id: Set(connection.id),
-        company_id: Set(connection.company_id),
-        plugin_id: Set(connection.plugin_id.clone()),
-        delivery_key: Set(delivery_key.clone()),
-        received_at: Set(received_at),
-        headers: Set(stored_headers(req)),
-        body: Set(body.to_vec()),
-        status: Set(status::RECEIVED.to_owned()),
-        attempts: Set(0),
+    let event = webhook_event::Model {
+        id: Uuid::now_v7(),
+        connection_id: connection.id,
+        company_id: connection.company_id,
+        plugin_id: connection.plugin_id.clone(),
+        delivery_key,
+        received_at,
+        headers: stored_headers(req),
+        body: body.to_vec(),
+        status: status::RECEIVED.to_owned(),
+        attempts: 0,
         // The grace the sweeper gives this row's own job before it enqueues it again.
-        locked_until: Set(Some(received_at + state.ingest_grace)),
-        event_type: Set(None),
-        data: Set(None),
-        error: Set(None),
-        processed_at: Set(None),
-        replay_of: Set(None),
+        locked_until: Some(received_at + state.ingest_grace),
+        event_type: None,
+        data: None,
+        error: None,
+        processed_at: None,
+        replay_of: None,
     };
-    // Any database failure here is answered 503: Jira retries 5xx, and the event is not ours yet.
-    let inserted = webhook_event::Entity::insert(event)
-        .on_conflict_do_nothing_on([
-            webhook_event::Column::ConnectionId,
-            webhook_event::Column::DeliveryKey,
-        ])
-        .exec_without_returning(&state.db)
-        .await
-        .map_err(|error| ApiError::unavailable(error))?;
-
-    if matches!(inserted, TryInsertResult::Inserted(n) if n > 0) {
-        // Best effort: if the push fails, the sweeper enqueues the event after its grace.
-        let push = tokio::time::timeout(PUSH_TIMEOUT, state.queue.push(ProcessEvent { event_id }));
-        let pushed = match push.await {
-            Ok(result) => result,
-            Err(_) => Err(anyhow::anyhow!(
-                "the queue did not answer within {PUSH_TIMEOUT:?}"
-            )),
-        };
-        if let Err(error) = pushed {
-            metrics::counter!("hookline_enqueue_failures_total", "job" => "process_event")
-                .increment(1);
-            tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "event recorded but not enqueued; the sweeper will pick it up");
+    // Committed together with the requests arriving meanwhile (group commit). Any database
+    // failure is answered 503: Jira retries 5xx, and the event is not ours yet.
+    let event_id = match state.events.record(event).await {
+        Ok(Recorded::Inserted(event_id)) => event_id,
+        Ok(Recorded::Duplicate(event_id)) => {
+            return Ok(IngestOut {
+                event_id,
+                duplicate: true,
+            });
         }
-        tracing::debug!(event.id = %event_id, connection.id = %connection.id, "event recorded");
-        return Ok(IngestOut {
-            event_id,
-            duplicate: false,
-        });
-    }
+        Err(RecordError::ConnectionGone) => {
+            state.connections.forget(connection_id);
+            return Err(not_found());
+        }
+        Err(RecordError::Unavailable(error)) => {
+            return Err(ApiError::unavailable(anyhow::anyhow!("{error}")));
+        }
+    };
 
-    let existing: Option<Uuid> = webhook_event::Entity::find()
-        .select_only()
-        .column(webhook_event::Column::Id)
-        .filter(webhook_event::Column::ConnectionId.eq(connection.id))
-        .filter(webhook_event::Column::DeliveryKey.eq(delivery_key))
-        .into_tuple()
-        .one(&state.db)
-        .await
-        .map_err(|error| ApiError::unavailable(error))?;
-    match existing {
-        Some(event_id) => Ok(IngestOut {
-            event_id,
-            duplicate: true,
-        }),
-        // The conflicting row was deleted in between (its connection was deleted): retryable.
-        None => Err(ApiError::unavailable(anyhow::anyhow!(
-            "an insert conflicted with an event that no longer exists"
-        ))),
+    // Best effort: if the push fails, the sweeper enqueues the event after its grace.
+    let push = tokio::time::timeout(PUSH_TIMEOUT, state.queue.push(ProcessEvent { event_id }));
+    let pushed = match push.await {
+        Ok(result) => result,
+        Err(_) => Err(anyhow::anyhow!(
+            "the queue did not answer within {PUSH_TIMEOUT:?}"
+        )),
+    };
+    if let Err(error) = pushed {
+        metrics::counter!("hookline_enqueue_failures_total", "job" => "process_event").increment(1);
+        tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "event recorded but not enqueued; the sweeper will pick it up");
+    }
+    tracing::debug!(event.id = %event_id, connection.id = %connection.id, "event recorded");
+    Ok(IngestOut {
+        event_id,
+        duplicate: false,
+    })
+}
+
+fn lookup_error(error: LookupError) -> ApiError {
+    match error {
+        LookupError::Database(error) => ApiError::unavailable(error),
+        LookupError::Secret(..) => ApiError::internal(error),
     }
 }
 

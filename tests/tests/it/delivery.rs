@@ -15,6 +15,7 @@ on_both_backends!(
     a_subscriber_failing_twice_gets_the_event_once_after_scheduled_retries,
     a_subscriber_that_never_succeeds_ends_dead_and_a_manual_retry_delivers_it,
     a_slow_subscriber_does_not_delay_a_healthy_one,
+    a_subscription_failing_too_long_is_disabled_and_resumes_when_enabled,
 );
 
 async fn wait_for_status(app: &TestApp, id: Uuid, status: &str) -> entity::delivery::Model {
@@ -231,6 +232,94 @@ async fn a_slow_subscriber_does_not_delay_a_healthy_one(backend: Backend) {
     }
     app.stop().await;
     env.cleanup().await;
+}
+
+async fn a_subscription_failing_too_long_is_disabled_and_resumes_when_enabled(backend: Backend) {
+    let Some(env) = tests::TestEnv::new(backend).await else {
+        return;
+    };
+    env.migrate().await;
+    // Attempts at about 0, 0.2, 0.6 and 1.4 s: the fourth finds it failing for over a second.
+    let app = env
+        .spawn_with(Role::All, |settings| {
+            settings.disable_failing_after = Duration::from_secs(1);
+        })
+        .await;
+    let subscriber = FakeSubscriber::start(Reply::Status(500)).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let subscription_id = id_of(&subscription);
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let (_, first) = event_with_delivery(&app, &connection, subscription_id).await;
+    wait_for_status(&app, first, "dead").await;
+    let stored = get_subscription(&app, &api_key, subscription_id).await;
+    assert_eq!(stored["enabled"], false, "{stored}");
+    let reason = stored["disabledReason"].as_str().expect("a reason");
+    assert!(reason.contains("failed continuously"), "{reason}");
+
+    // While disabled, a new delivery waits unattempted.
+    let attempts_so_far = subscriber.requests().len();
+    let (_, parked) = event_with_delivery(&app, &connection, subscription_id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = delivery(&app, parked).await;
+    assert_eq!(waiting.status, "pending");
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(subscriber.requests().len(), attempts_so_far);
+
+    // Enabled again, with a healthy subscriber: the parked delivery goes out.
+    subscriber.set_default(Reply::Status(200));
+    let response = app
+        .client
+        .patch(app.url(&format!("/api/v1/subscriptions/{subscription_id}")))
+        .bearer_auth(&api_key)
+        .json(&serde_json::json!({ "enabled": true }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let enabled: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(enabled["enabled"], true);
+    assert!(enabled["disabledReason"].is_null());
+    wait_for_status(&app, parked, "succeeded").await;
+
+    // The dead one comes back through the bulk retry; a second bulk retry finds nothing.
+    for expected in [1, 0] {
+        let response = app
+            .client
+            .post(app.url(&format!(
+                "/api/v1/subscriptions/{subscription_id}/retry-dead"
+            )))
+            .bearer_auth(&api_key)
+            .json(&serde_json::json!({ "since": since.to_rfc3339() }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        let retried: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(retried["retried"], expected);
+        wait_for_status(&app, first, "succeeded").await;
+    }
+    // Everything after the switch to 200 was answered 200.
+    let delivered: Vec<String> = subscriber.requests()[attempts_so_far..]
+        .iter()
+        .map(|request| request.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(delivered.contains(&first.to_string()) && delivered.contains(&parked.to_string()));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn get_subscription(app: &TestApp, api_key: &str, id: Uuid) -> serde_json::Value {
+    let response = app
+        .client
+        .get(app.url(&format!("/api/v1/subscriptions/{id}")))
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
 }
 
 on_both_backends!(a_worker_killed_mid_delivery_is_taken_over_by_a_new_worker);

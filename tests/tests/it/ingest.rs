@@ -18,6 +18,7 @@ on_both_backends!(
     the_signed_fixture_verifies_and_a_one_byte_change_is_rejected,
     a_retried_delivery_is_stored_once_and_enqueued_once,
     twenty_concurrent_copies_are_stored_once_and_enqueued_once,
+    concurrent_deliveries_committed_together_each_get_their_own_event,
     a_body_without_identifier_is_deduplicated_on_its_hash,
     credentials_are_never_stored_with_the_headers,
     unknown_malformed_and_disabled_connections_are_404,
@@ -179,6 +180,55 @@ async fn twenty_concurrent_copies_are_stored_once_and_enqueued_once(backend: Bac
     assert_eq!(event_ids.len(), 1, "every copy answers the same event id");
     assert_eq!(event_count(&app, connection_id(&connection)).await, 1);
     assert_eq!(queued_process_event_jobs(&env, &app).await, 1);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Many deliveries at once, each sent three times: the group commit writes them in shared
+/// batches, and every answer still names the right event.
+async fn concurrent_deliveries_committed_together_each_get_their_own_event(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let (_, connection) = company_with_connection(&app).await;
+    let url = connection["webhookUrl"].as_str().expect("url");
+    let secret = connection["webhookSecret"].as_str();
+    let body = fixtures::bytes("webhook_issue_updated_status.json");
+    let identifiers: Vec<String> = (0..40).map(|i| format!("batch-{i}")).collect();
+    let posts = (0..3).flat_map(|_| {
+        identifiers.iter().map(|identifier| {
+            let identifier = identifier.clone();
+            let body = &body;
+            let app = &app;
+            async move {
+                let response = post_webhook(app, url, body, secret, Some(&identifier)).await;
+                assert_eq!(response.status(), 200);
+                let out: serde_json::Value = response.json().await.expect("json");
+                (identifier, out)
+            }
+        })
+    });
+    let answers = futures::future::join_all(posts).await;
+    let mut by_identifier: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for (identifier, out) in answers {
+        by_identifier.entry(identifier).or_default().push(out);
+    }
+    let mut event_ids = std::collections::HashSet::new();
+    for (identifier, outs) in &by_identifier {
+        assert_eq!(outs.len(), 3);
+        let fresh = outs.iter().filter(|out| out["duplicate"] == false).count();
+        assert_eq!(fresh, 1, "{identifier}: exactly one copy is new: {outs:?}");
+        let ids: std::collections::HashSet<&str> = outs
+            .iter()
+            .map(|out| out["eventId"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids.len(), 1, "{identifier}: one event id: {outs:?}");
+        event_ids.extend(ids.into_iter().map(str::to_owned));
+    }
+    assert_eq!(event_ids.len(), 40, "one event per delivery");
+    assert_eq!(event_count(&app, connection_id(&connection)).await, 40);
+    assert_eq!(queued_process_event_jobs(&env, &app).await, 40);
     app.stop().await;
     env.cleanup().await;
 }

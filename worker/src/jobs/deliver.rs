@@ -133,12 +133,22 @@ async fn handle_any(
     delivery_id: Uuid,
     job: &'static str,
 ) -> Result<(), apalis_core::error::BoxDynError> {
+    use tracing::Instrument as _;
     let started = Instant::now();
-    let result = run(ctx, delivery_id).await;
+    // One span per job; the event and subscription are filled in once the delivery is read.
+    let span = tracing::info_span!(
+        "job",
+        job,
+        delivery.id = %delivery_id,
+        event.id = tracing::field::Empty,
+        subscription.id = tracing::field::Empty
+    );
+    let result = run(ctx, delivery_id).instrument(span.clone()).await;
     let outcome = match &result {
         Ok(outcome) => outcome.as_str(),
         Err(_) => "error",
     };
+    let _entered = span.enter();
     metrics::counter!("hookline_jobs_total", "job" => job, "outcome" => outcome).increment(1);
     metrics::histogram!("hookline_job_duration_seconds", "job" => job)
         .record(started.elapsed().as_secs_f64());
@@ -177,6 +187,12 @@ pub async fn run(ctx: &JobContext, delivery_id: Uuid) -> anyhow::Result<Outcome>
         tracing::debug!(delivery.id = %delivery_id, "delivery not claimed: not due, done or owned by another run");
         return Ok(Outcome::NotClaimed);
     };
+    let span = tracing::Span::current();
+    span.record("event.id", tracing::field::display(claimed.event_id));
+    span.record(
+        "subscription.id",
+        tracing::field::display(claimed.subscription_id),
+    );
     let subscription = subscription::Entity::find_by_id(claimed.subscription_id)
         .one(&ctx.db)
         .await

@@ -64,12 +64,21 @@ pub async fn handle(
     job: ProcessEvent,
     ctx: Data<JobContext>,
 ) -> Result<(), apalis_core::error::BoxDynError> {
+    use tracing::Instrument as _;
     let started = std::time::Instant::now();
-    let result = run(&ctx, job.event_id).await;
+    // One span per job; `connection.id` is filled in once the event is read.
+    let span = tracing::info_span!(
+        "job",
+        job = "process_event",
+        event.id = %job.event_id,
+        connection.id = tracing::field::Empty
+    );
+    let result = run(&ctx, job.event_id).instrument(span.clone()).await;
     let outcome = match &result {
         Ok(outcome) => outcome.as_str(),
         Err(_) => "error",
     };
+    let _entered = span.enter();
     metrics::counter!("hookline_jobs_total", "job" => "process_event", "outcome" => outcome)
         .increment(1);
     metrics::histogram!("hookline_job_duration_seconds", "job" => "process_event")
@@ -90,6 +99,10 @@ pub async fn run(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Outcome> {
         tracing::debug!(event.id = %event_id, "event not claimed: done or owned by another run");
         return Ok(Outcome::NotClaimed);
     };
+    tracing::Span::current().record(
+        "connection.id",
+        tracing::field::display(event.connection_id),
+    );
 
     let raw: Value = match serde_json::from_slice(&event.body) {
         Ok(raw) => raw,

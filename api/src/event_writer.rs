@@ -1,0 +1,265 @@
+//! Group commit of received webhooks: the ingest requests that arrive while earlier inserts are
+//! being committed are written together, in one multi-row `INSERT … ON CONFLICT DO NOTHING`, and
+//! each request is answered only after the commit that holds its row.
+//!
+//! One commit (one WAL flush on Postgres, one write transaction on SQLite) per webhook is the
+//! ceiling of a durable ingest; sharing the commit lets throughput grow with concurrency instead.
+//! Nothing waits on a timer: a batch is whatever queued up while the previous ones were in
+//! flight, so a lone request is written at once.
+//!
+//! Failures: a batch the database refuses as a statement (not a lost connection) is written again
+//! row by row, so one bad row cannot fail its neighbours; a connection deleted meanwhile (foreign
+//! key) is reported as such; anything else answers every request of the batch as unavailable
+//! (503, Jira retries), with nothing stored.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use entity::webhook_event;
+use sea_orm::sea_query::{Condition, ExprTrait as _};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QuerySelect, SqlErr, TryInsertResult,
+};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Most rows in one INSERT.
+const MAX_BATCH: usize = 128;
+/// Batches written at the same time (each holds one pooled database connection).
+const MAX_IN_FLIGHT: usize = 4;
+/// Requests waiting for a batch before new ones wait for room (backpressure on the HTTP side).
+const QUEUE_CAPACITY: usize = 4096;
+
+/// How a received webhook was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored as a new event with this id.
+    Inserted(Uuid),
+    /// The same delivery (connection + delivery key) was stored before, as this event.
+    Duplicate(Uuid),
+}
+
+/// Why a webhook could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The connection no longer exists (deleted while the request was in flight).
+    #[error("the connection no longer exists")]
+    ConnectionGone,
+    /// The database could not record it; retrying later may work.
+    #[error("{0}")]
+    Unavailable(Arc<str>),
+}
+
+/// Hands received webhooks to the writer task and waits for their commit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventWriter {
+    sender: mpsc::Sender<Pending>,
+}
+
+/// One request waiting for its row to be committed.
+struct Pending {
+    event: webhook_event::Model,
+    key: DeliveryKey,
+    reply: oneshot::Sender<Result<Recorded, RecordError>>,
+}
+
+/// What the unique index of `webhook_event` is on.
+type DeliveryKey = (Uuid, String);
+
+impl EventWriter {
+    /// Starts the writer task on the current runtime. It ends when every `EventWriter` clone
+    /// is dropped, after writing what it was given.
+    pub fn spawn(db: DatabaseConnection) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(db, receiver));
+        Self { sender }
+    }
+
+    /// Records one received webhook and returns once it is committed, or known to be a
+    /// duplicate.
+    pub async fn record(&self, event: webhook_event::Model) -> Result<Recorded, RecordError> {
+        let key = key_of(&event);
+        let (reply, answer) = oneshot::channel();
+        let stopped = || RecordError::Unavailable(Arc::from("the event writer has stopped"));
+        self.sender
+            .send(Pending { event, key, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Collects batches and writes up to [`MAX_IN_FLIGHT`] of them at once.
+async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        // Wait for a free slot first: requests arriving meanwhile join the next batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let db = db.clone();
+        tokio::spawn(async move {
+            write_batch(&db, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes one batch and answers each of its requests.
+async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+    let started = Instant::now();
+    metrics::histogram!("hookline_ingest_batch_rows").record(batch.len() as f64);
+
+    // Two requests for one delivery in the same batch: the first is inserted, the rest are
+    // its duplicates.
+    let mut seen = HashSet::new();
+    let unique: Vec<webhook_event::Model> = batch
+        .iter()
+        .filter(|pending| seen.insert(pending.key.clone()))
+        .map(|pending| pending.event.clone())
+        .collect();
+
+    let outcomes = match insert(db, unique.clone()).await {
+        Ok(outcomes) => outcomes,
+        Err(error) if unique.len() > 1 && is_statement_error(&error) => {
+            tracing::warn!(error = %error, rows = unique.len(), "a batch insert failed: writing its rows one by one");
+            let mut outcomes = HashMap::new();
+            for event in unique {
+                let key = key_of(&event);
+                match insert(db, vec![event]).await {
+                    Ok(one) => outcomes.extend(one.into_iter().map(|(k, v)| (k, Ok(v)))),
+                    Err(error) => {
+                        outcomes.insert(key, Err(record_error(error)));
+                    }
+                }
+            }
+            answer(batch, |key| {
+                outcomes.get(key).cloned().unwrap_or_else(|| {
+                    Err(RecordError::Unavailable(Arc::from("no outcome for a row")))
+                })
+            });
+            return;
+        }
+        Err(error) => {
+            let error = record_error(error);
+            answer(batch, |_| Err(error.clone()));
+            return;
+        }
+    };
+    metrics::histogram!("hookline_ingest_batch_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    answer(batch, |key| {
+        outcomes.get(key).copied().ok_or_else(|| {
+            // The conflicting row was deleted in between (its connection was deleted).
+            RecordError::Unavailable(Arc::from(
+                "an insert conflicted with an event that no longer exists",
+            ))
+        })
+    });
+}
+
+fn answer(batch: Vec<Pending>, outcome: impl Fn(&DeliveryKey) -> Result<Recorded, RecordError>) {
+    let mut first_of = HashSet::new();
+    for pending in batch {
+        let mut result = outcome(&pending.key);
+        // Only the first request of a delivery inserted it; later ones in the batch are
+        // duplicates of it.
+        if let Ok(Recorded::Inserted(id)) = result
+            && !first_of.insert(pending.key.clone())
+        {
+            result = Ok(Recorded::Duplicate(id));
+        }
+        // The request may have gone away (client disconnected): its row is stored regardless.
+        let _ = pending.reply.send(result);
+    }
+}
+
+/// One multi-row insert, then a lookup of the rows that were already there.
+async fn insert(
+    db: &DatabaseConnection,
+    events: Vec<webhook_event::Model>,
+) -> Result<HashMap<DeliveryKey, Recorded>, DbErr> {
+    let keys: Vec<(Uuid, DeliveryKey)> = events
+        .iter()
+        .map(|event| (event.id, key_of(event)))
+        .collect();
+    // Every column Set, so that every value is written.
+    let rows = events
+        .into_iter()
+        .map(|event| event.into_active_model().reset_all());
+    let inserted: HashSet<Uuid> = match webhook_event::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([
+            webhook_event::Column::ConnectionId,
+            webhook_event::Column::DeliveryKey,
+        ])
+        .exec_with_returning_keys(db)
+        .await?
+    {
+        TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
+        TryInsertResult::Conflicted | TryInsertResult::Empty => HashSet::new(),
+    };
+
+    let mut outcomes = HashMap::with_capacity(keys.len());
+    let mut conflicted = Vec::new();
+    for (id, key) in keys {
+        if inserted.contains(&id) {
+            outcomes.insert(key, Recorded::Inserted(id));
+        } else {
+            conflicted.push(key);
+        }
+    }
+    if !conflicted.is_empty() {
+        let mut condition = Condition::any();
+        for (connection_id, delivery_key) in &conflicted {
+            condition = condition.add(
+                webhook_event::Column::ConnectionId
+                    .eq(*connection_id)
+                    .and(webhook_event::Column::DeliveryKey.eq(delivery_key.as_str())),
+            );
+        }
+        let existing: Vec<(Uuid, Uuid, String)> = webhook_event::Entity::find()
+            .select_only()
+            .columns([
+                webhook_event::Column::Id,
+                webhook_event::Column::ConnectionId,
+                webhook_event::Column::DeliveryKey,
+            ])
+            .filter(condition)
+            .into_tuple()
+            .all(db)
+            .await?;
+        for (id, connection_id, delivery_key) in existing {
+            outcomes.insert((connection_id, delivery_key), Recorded::Duplicate(id));
+        }
+    }
+    Ok(outcomes)
+}
+
+fn key_of(event: &webhook_event::Model) -> DeliveryKey {
+    (event.connection_id, event.delivery_key.clone())
+}
+
+/// Whether the database refused the statement itself (so a smaller one may succeed), as opposed
+/// to the database being unreachable.
+fn is_statement_error(error: &DbErr) -> bool {
+    matches!(error, DbErr::Exec(_) | DbErr::Query(_)) && error.sql_err().is_some()
+}
+
+fn record_error(error: DbErr) -> RecordError {
+    match error.sql_err() {
+        Some(SqlErr::ForeignKeyConstraintViolation(_)) => RecordError::ConnectionGone,
+        _ => RecordError::Unavailable(Arc::from(format!("could not record the event: {error}"))),
+    }
+}
