@@ -45,11 +45,14 @@ pub enum LookupError {
     Secret(Uuid, #[source] entity::cipher::CipherError),
 }
 
+/// The cached connections by id, each with the time it was read from the database.
+type Entries = HashMap<Uuid, (Instant, Arc<IngestConnection>)>;
+
 /// Connections by id, each kept for a fixed time to live. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnectionCache {
     ttl: Duration,
-    entries: Arc<RwLock<HashMap<Uuid, (Instant, Arc<IngestConnection>)>>>,
+    entries: Arc<RwLock<Entries>>,
 }
 
 impl ConnectionCache {

@@ -5,6 +5,7 @@
 //! safe to run twice; the [`sweeper`] finds rows whose job was lost and enqueues them again.
 
 pub mod enrichment;
+pub mod janitor;
 pub mod jobs;
 pub mod matching;
 pub mod queue;

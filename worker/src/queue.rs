@@ -11,6 +11,31 @@ use apalis_sqlite::SqliteStorage;
 use sea_orm::sqlx::SqlitePool;
 use serde::{Serialize, de::DeserializeOwned};
 
+/// Removes up to `ARGV[1]` members of the `done` (KEYS[1]) and `dead` (KEYS[2]) sets of an
+/// apalis-redis queue together with their payload (field of the `data` hash, KEYS[3]) and their
+/// metadata hash (`KEYS[4]:<id>`). `SPOP` makes two janitors never remove one job twice.
+const REMOVE_FINISHED_LUA: &str = r"
+local removed = 0
+for _, set in ipairs({KEYS[1], KEYS[2]}) do
+  local ids = redis.call('SPOP', set, tonumber(ARGV[1]))
+  for _, id in ipairs(ids) do
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('DEL', KEYS[4] .. ':' .. id)
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// Jobs of one queue waiting to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Due now, waiting for a worker.
+    pub ready: u64,
+    /// Scheduled to run later (`run_after`).
+    pub scheduled: u64,
+}
+
 /// A job type: its payload and the name of the queue it travels on.
 ///
 /// The queue name is explicit because apalis would otherwise name the queue after the Rust type
@@ -118,6 +143,77 @@ impl JobQueue {
                     .push_task(task.build())
                     .await
                     .with_context(|| format!("could not push a job to SQLite queue {queue}"))
+            }
+        }
+    }
+
+    /// How many jobs of `J` wait in the queue: due now, and scheduled for later.
+    pub async fn backlog<J: Job>(&self) -> anyhow::Result<Backlog> {
+        let queue = self.queue_name::<J>();
+        match self {
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let (ready, scheduled): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(format!("{queue}:active"))
+                    .cmd("ZCARD")
+                    .arg(format!("{queue}:scheduled"))
+                    .query_async(&mut conn)
+                    .await
+                    .with_context(|| format!("could not read the length of Redis queue {queue}"))?;
+                Ok(Backlog { ready, scheduled })
+            }
+            Self::Sqlite { pool, .. } => {
+                let (ready, scheduled): (i64, i64) = sea_orm::sqlx::query_as(
+                    "SELECT COALESCE(SUM(run_at <= strftime('%s', 'now')), 0), \
+                            COALESCE(SUM(run_at > strftime('%s', 'now')), 0) \
+                     FROM Jobs WHERE job_type = ? AND status = 'Pending'",
+                )
+                .bind(&queue)
+                .fetch_one(pool)
+                .await
+                .with_context(|| format!("could not count SQLite queue {queue}"))?;
+                Ok(Backlog {
+                    ready: ready.max(0) as u64,
+                    scheduled: scheduled.max(0) as u64,
+                })
+            }
+        }
+    }
+
+    /// Deletes up to `limit` finished jobs of `J` from the queue backend and returns how many.
+    ///
+    /// apalis keeps every finished job (Redis: an entry in the `done`/`dead` set, the payload in
+    /// the `data` hash and a `meta` hash; SQLite: its `Jobs` row) forever. The database is the
+    /// source of truth of every event and delivery, so a finished job's copy serves nothing and
+    /// would grow the queue without bound.
+    pub async fn remove_finished<J: Job>(&self, limit: usize) -> anyhow::Result<u64> {
+        let queue = self.queue_name::<J>();
+        match self {
+            Self::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let removed: u64 = redis::Script::new(REMOVE_FINISHED_LUA)
+                    .key(format!("{queue}:done"))
+                    .key(format!("{queue}:dead"))
+                    .key(format!("{queue}:data"))
+                    .key(format!("{queue}:meta"))
+                    .arg(limit)
+                    .invoke_async(&mut conn)
+                    .await
+                    .with_context(|| format!("could not remove finished jobs of {queue}"))?;
+                Ok(removed)
+            }
+            Self::Sqlite { pool, .. } => {
+                let done = sea_orm::sqlx::query(
+                    "DELETE FROM Jobs WHERE rowid IN (SELECT rowid FROM Jobs \
+                     WHERE job_type = ? AND status IN ('Done', 'Killed') LIMIT ?)",
+                )
+                .bind(&queue)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .execute(pool)
+                .await
+                .with_context(|| format!("could not remove finished jobs of {queue}"))?;
+                Ok(done.rows_affected())
             }
         }
     }

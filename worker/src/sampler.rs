@@ -1,6 +1,7 @@
-//! Samples backlog gauges from the database on a timer (not per scrape, DESIGN §7): how many
+//! Samples backlog gauges on a timer (not per scrape, DESIGN §7): from the database, how many
 //! events and deliveries wait per stage and how old the oldest is, dead deliveries, connections
-//! by status. Every worker process samples; the values are the same in each.
+//! by status; from the queue backend (Redis or SQLite), how many jobs wait per queue. Every
+//! worker process samples; the values are the same in each.
 
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use tokio::sync::watch;
 
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvent};
+use crate::queue::Job;
 use crate::runner::JobContext;
 
 /// How often the gauges are refreshed.
@@ -94,6 +97,10 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
         .unwrap_or(0);
     metrics::gauge!("hookline_deliveries_dead").set(dead as f64);
 
+    record_queue::<ProcessEvent>(ctx).await?;
+    record_queue::<Deliver>(ctx).await?;
+    record_queue::<DeliverRetry>(ctx).await?;
+
     let by_status: Vec<(String, i64)> = plugin_connection::Entity::find()
         .select_only()
         .column(plugin_connection::Column::Status)
@@ -117,6 +124,17 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             .map_or(0, |(_, count)| *count);
         metrics::gauge!("hookline_connections", "status" => status).set(count as f64);
     }
+    Ok(())
+}
+
+/// Sets `hookline_queue_jobs{queue, state}` from the queue backend: jobs due now (`ready`) and
+/// jobs scheduled for later (`scheduled`, e.g. delivery retries).
+async fn record_queue<J: Job>(ctx: &JobContext) -> anyhow::Result<()> {
+    let backlog = ctx.queue.backlog::<J>().await?;
+    metrics::gauge!("hookline_queue_jobs", "queue" => J::QUEUE, "state" => "ready")
+        .set(backlog.ready as f64);
+    metrics::gauge!("hookline_queue_jobs", "queue" => J::QUEUE, "state" => "scheduled")
+        .set(backlog.scheduled as f64);
     Ok(())
 }
 

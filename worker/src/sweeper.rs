@@ -15,6 +15,7 @@ use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::janitor;
 use crate::jobs::{Deliver, DeliverRetry, ProcessEvent};
 use crate::runner::JobContext;
 
@@ -39,6 +40,11 @@ pub async fn run(ctx: JobContext, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(count) => tracing::debug!(count, "sweeper enqueued due deliveries"),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "delivery sweep failed"),
+        }
+        match janitor::clean_once(&ctx).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "janitor removed finished jobs from the queue"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "queue cleanup failed"),
         }
     }
 }
