@@ -102,6 +102,45 @@ pub async fn queued_process_event_jobs(env: &TestEnv, app: &TestApp) -> u64 {
     }
 }
 
+/// How many finished jobs the queue backend still keeps, over every queue of this environment
+/// (the janitor removes them: the database is the record).
+pub async fn finished_jobs_in_queue(env: &TestEnv, app: &TestApp) -> u64 {
+    match env.backend {
+        Backend::Embedded => {
+            let row = app
+                .db
+                .query_one_raw(Statement::from_sql_and_values(
+                    app.db.get_database_backend(),
+                    "SELECT COUNT(*) AS n FROM Jobs WHERE job_type LIKE ? AND status IN ('Done', 'Killed')",
+                    [format!("{}:%", env.queue_prefix).into()],
+                ))
+                .await
+                .expect("count jobs")
+                .expect("a row");
+            row.try_get::<i64>("", "n").expect("n") as u64
+        }
+        Backend::PostgresRedis => {
+            let mut conn = redis_connection(env).await;
+            let mut total = 0;
+            for queue in ["process_event", "deliver", "deliver_retry"] {
+                let queue = format!("{}:{queue}", env.queue_prefix);
+                let (done, dead, data): (u64, u64, u64) = redis::pipe()
+                    .cmd("SCARD")
+                    .arg(format!("{queue}:done"))
+                    .cmd("SCARD")
+                    .arg(format!("{queue}:dead"))
+                    .cmd("HLEN")
+                    .arg(format!("{queue}:data"))
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SCARD/HLEN");
+                total += done + dead + data;
+            }
+            total
+        }
+    }
+}
+
 /// Loses every queued job of this environment, as a Redis restart without persistence would.
 pub async fn lose_queued_jobs(env: &TestEnv, app: &TestApp) {
     match env.backend {

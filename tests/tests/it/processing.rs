@@ -47,6 +47,13 @@ async fn a_received_event_is_processed_by_the_workers(backend: Backend) {
     assert_eq!(processed.attempts, 1);
     assert!(processed.processed_at.is_some());
     assert!(processed.locked_until.is_none());
+    // The finished job does not stay in the queue backend: the janitor removes it.
+    wait_until(
+        Duration::from_secs(20),
+        "the finished job is removed from the queue",
+        || async { (finished_jobs_in_queue(&env, &app).await == 0).then_some(()) },
+    )
+    .await;
     app.stop().await;
     env.cleanup().await;
 }
