@@ -34,6 +34,26 @@ impl Process {
         Self(command.spawn().expect("start hookline"))
     }
 
+    /// Sends SIGTERM and waits (up to `timeout`) for the process to exit.
+    fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hookline did not exit within {timeout:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -325,4 +345,115 @@ async fn an_event_accepted_before_a_kill_9_is_delivered_after_a_restart() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_delivery_finish_and_exits_cleanly() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = dir.path().join("hookline.log");
+    let mut hookline = Process::start(
+        dir.path(),
+        &[],
+        &[("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))],
+        &log,
+    );
+    wait_healthy(&base).await;
+    let secrets: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(".hookline/secrets.json")).expect("secrets file"),
+    )
+    .expect("json");
+    let client = reqwest::Client::new();
+    let company: serde_json::Value = client
+        .post(format!("{base}/api/v1/companies"))
+        .bearer_auth(secrets["adminToken"].as_str().expect("adminToken"))
+        .json(&serde_json::json!({"name": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let key = company["apiKey"].as_str().expect("apiKey");
+    let connection: serde_json::Value = client
+        .post(format!("{base}/api/v1/connections"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"pluginId": "jira", "externalId": "northwind.atlassian.net", "externalName": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    // A slow subscriber: the delivery is still in flight when SIGTERM arrives.
+    let subscriber = FakeSubscriber::start(Reply::Hang(Duration::from_secs(3))).await;
+    let subscription = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"url": subscriber.url, "eventTypes": ["*"]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(subscription.status(), 201);
+
+    let body = fixtures::bytes("webhook_issue_created.json");
+    let secret = connection["webhookSecret"].as_str().expect("secret");
+    let response = client
+        .post(connection["webhookUrl"].as_str().expect("url"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature",
+            plugins::jira::webhook::sign(secret.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    wait_until(
+        Duration::from_secs(30),
+        "the delivery reaches the subscriber",
+        || async { (!subscriber.requests().is_empty()).then_some(()) },
+    )
+    .await;
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = hookline.terminate(Duration::from_secs(30));
+        (status, hookline)
+    })
+    .await
+    .expect("join");
+    assert!(
+        status.0.success(),
+        "hookline exits 0 after SIGTERM: {:?}\n{}",
+        status.0,
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // The attempt in flight was finished, not cut off: the delivery succeeded with one attempt.
+    let db = sea_orm::Database::connect(format!(
+        "sqlite://{}/.hookline/hookline.db?mode=rw",
+        dir.path().display()
+    ))
+    .await
+    .expect("open the database");
+    let deliveries = entity::delivery::Entity::find()
+        .all(&db)
+        .await
+        .expect("deliveries");
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].status, entity::delivery::status::SUCCEEDED);
+    let attempts = entity::delivery_attempt::Entity::find()
+        .filter(entity::delivery_attempt::Column::DeliveryId.eq(deliveries[0].id))
+        .all(&db)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1, "one attempt, finished before exit");
+    assert_eq!(subscriber.requests().len(), 1);
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.contains("shutdown signal received"), "{log}");
 }
