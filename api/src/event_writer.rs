@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 /// Most rows in one INSERT.
 const MAX_BATCH: usize = 128;
+/// Most body bytes in one INSERT: a batch stops growing past this, so a burst of large bodies
+/// does not become one huge statement (a single body may still be up to the body limit).
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches written at the same time (each holds one pooled database connection).
 const MAX_IN_FLIGHT: usize = 4;
 /// Requests waiting for a batch before new ones wait for room (backpressure on the HTTP side).
@@ -102,10 +105,14 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Pending>) {
         let Some(first) = receiver.recv().await else {
             return;
         };
+        let mut bytes = first.event.body.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
+                Ok(pending) => {
+                    bytes += pending.event.body.len();
+                    batch.push(pending);
+                }
                 Err(_) => break,
             }
         }

@@ -202,8 +202,9 @@ async fn concurrent_deliveries_committed_together_each_get_their_own_event(backe
             let app = &app;
             async move {
                 let response = post_webhook(app, url, body, secret, Some(&identifier)).await;
-                assert_eq!(response.status(), 200);
+                let status = response.status();
                 let out: serde_json::Value = response.json().await.expect("json");
+                assert_eq!(status, 200, "{out}");
                 (identifier, out)
             }
         })
