@@ -11,6 +11,7 @@ mod ingest;
 mod oauth;
 mod openapi;
 mod processing;
+mod scaling;
 mod subscriptions;
 mod token_manager;
 
