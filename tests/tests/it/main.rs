@@ -12,6 +12,7 @@ mod oauth;
 mod openapi;
 mod processing;
 mod scaling;
+mod soak;
 mod subscriptions;
 mod token_manager;
 
