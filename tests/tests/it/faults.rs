@@ -74,7 +74,6 @@ fn fault_settings(settings: &mut Settings) {
     );
     settings.delivery_connect_timeout = Duration::from_secs(1);
     settings.delivery_timeout = Duration::from_secs(1);
-    settings.worker_concurrency = 8;
 }
 
 /// A company with two connections and `subscribers` fake subscribers subscribed to
