@@ -5,6 +5,7 @@ mod delivery;
 mod embedded;
 mod enrichment;
 mod events;
+mod faults;
 mod helpers;
 mod ingest;
 mod oauth;
