@@ -375,6 +375,8 @@ pub async fn settle(
         ..Tally::default()
     };
     let per_subscriber: Vec<Receipts> = subscribers.iter().map(|s| receipts(s)).collect();
+    // Each event counts once in `double_processed`, whichever check saw it.
+    let mut doubled_events = HashSet::new();
     for event in accepted {
         let mut everywhere = true;
         let mut doubled = false;
@@ -400,6 +402,7 @@ pub async fn settle(
         }
         if doubled {
             tally.double_processed += 1;
+            doubled_events.insert(event.event_id);
         }
     }
 
@@ -427,7 +430,7 @@ pub async fn settle(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let distinct: HashSet<Uuid> = rows.iter().copied().collect();
-        if distinct.len() != rows.len() {
+        if distinct.len() != rows.len() && !doubled_events.contains(&event.event_id) {
             tally.double_processed += 1;
         }
         if rows.len() != expected.len() || distinct != expected {
