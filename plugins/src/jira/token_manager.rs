@@ -13,7 +13,8 @@
 //!    `BEGIN IMMEDIATE`), so a second process blocks (busy timeout) until the first commits.
 //! 4. After taking the lock the row is read again: another process may have refreshed already.
 //! 5. The token endpoint is called (transient failures retried a few times with backoff) and
-//!    the rotated pair is saved, `token_version + 1`, in the same transaction.
+//!    the rotated pair is saved, `token_version + 1`, in the same transaction. This step runs in
+//!    a task of its own, so that a caller that gives up cannot cancel it half-way.
 //!
 //! `invalid_grant` (HTTP 403 at Atlassian) marks the connection `reauth_required` and is never
 //! retried. Tokens are never logged.
@@ -264,26 +265,9 @@ impl TokenManager {
         locks.entry(connection_id).or_default().clone()
     }
 
-    /// Refreshes in a task of its own, so that a caller giving up (an enrichment budget running
-    /// out, a request cancelled) does not cancel the refresh half-way: once the token endpoint
-    /// has rotated the refresh token, the new pair must be saved, or the next refresh would
-    /// reuse the old token and Atlassian would revoke the grant.
     async fn refresh(&self, connection_id: Uuid, need: Need) -> Result<AccessToken, TokenError> {
-        let manager = self.clone();
-        tokio::spawn(async move { manager.refresh_to_completion(connection_id, need).await })
-            .await
-            .map_err(|error| {
-                TokenError::Unavailable(format!("the token refresh task failed: {error}"))
-            })?
-    }
-
-    async fn refresh_to_completion(
-        &self,
-        connection_id: Uuid,
-        need: Need,
-    ) -> Result<AccessToken, TokenError> {
         let lock = self.lock_for(connection_id);
-        let _single_flight = lock.lock().await;
+        let single_flight = lock.lock_owned().await;
 
         // The task that held the lock before may have refreshed already: check without taking
         // the database lock first.
@@ -326,6 +310,35 @@ impl TokenManager {
             return self.token_of(&credential);
         }
 
+        if self.inner.oauth.is_none() {
+            return Err(TokenError::NotConfigured);
+        }
+        // From here on the refresh runs in a task of its own, holding both locks, so that a
+        // caller giving up (an enrichment budget running out, a request cancelled) does not
+        // cancel it half-way: once the token endpoint has rotated the refresh token, the new
+        // pair must be saved, or the next refresh would reuse the old token and Atlassian
+        // would revoke the grant. Waiting for the locks above is safe to abandon.
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let result = manager.rotate(txn, credential, connection_id, need).await;
+            drop(single_flight);
+            result
+        })
+        .await
+        .map_err(|error| {
+            TokenError::Unavailable(format!("the token refresh task failed: {error}"))
+        })?
+    }
+
+    /// Calls the token endpoint with the locked credential's refresh token and saves the
+    /// rotated pair (or the failure) in `txn`.
+    async fn rotate(
+        &self,
+        txn: sea_orm::DatabaseTransaction,
+        credential: oauth_credential::Model,
+        connection_id: Uuid,
+        need: Need,
+    ) -> Result<AccessToken, TokenError> {
         let Some(oauth) = &self.inner.oauth else {
             return Err(TokenError::NotConfigured);
         };
