@@ -105,7 +105,11 @@ const MISSED_HEARTBEATS: usize = 3;
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A worker that ran this long before failing starts its restart backoff from the beginning.
-const HEALTHY_RUN: Duration = Duration::from_secs(60);
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Longest wait before a failed worker is started again: a queue backend that is back is used
+/// again within this time.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 
 /// Runs all workers and the sweeper until `shutdown` completes, then lets in-flight jobs finish
 /// (up to a timeout). What is left unfinished stays claimed in the database and is handed out
@@ -143,7 +147,7 @@ pub async fn run_workers(
 /// An apalis worker ends for good when its backend fails (Redis restarted or unreachable, the
 /// SQLite queue locked): without this, a worker process would stay up but stop taking jobs of
 /// that queue until it is restarted by hand. Restarts wait with exponential backoff (0.5 s up
-/// to 30 s, jitter), reset once a worker has run for a while. Jobs lost meanwhile are recovered
+/// to [`MAX_RESTART_DELAY`], jitter), reset once a worker has run for [`HEALTHY_RUN`]. Jobs lost meanwhile are recovered
 /// from the database by the sweeper.
 async fn supervise<F>(queue: &'static str, mut stop: watch::Receiver<bool>, run_once: F)
 where
@@ -153,7 +157,7 @@ where
         backon::BackoffBuilder::build(
             backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(30))
+                .with_max_delay(MAX_RESTART_DELAY)
                 .with_jitter()
                 .without_max_times(),
         )
@@ -185,7 +189,7 @@ where
         if started.elapsed() > HEALTHY_RUN {
             backoff = new_backoff();
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        let delay = backoff.next().unwrap_or(MAX_RESTART_DELAY);
         restarts += 1;
         metrics::counter!("hookline_worker_restarts_total", "queue" => queue).increment(1);
         tracing::error!(
