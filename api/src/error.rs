@@ -109,6 +109,14 @@ impl ApiError {
         Self::TooManyRequests(envelope("too_many_requests", detail), retry_after_secs)
     }
 
+    /// 429 for a client over its rate limit, with the whole seconds to wait (at least 1).
+    pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            envelope("rate_limited", detail),
+            Some(retry_after_secs.max(1)),
+        )
+    }
+
     /// 502: an upstream service failed; logged here, once, at warning level.
     #[track_caller]
     pub fn bad_gateway(detail: impl Into<String>) -> Self {

@@ -1,6 +1,7 @@
 //! hookline's integration tests: one binary, every test on both backends.
 
 mod api;
+mod bad_input;
 mod delivery;
 mod embedded;
 mod enrichment;
@@ -10,6 +11,7 @@ mod ingest;
 mod oauth;
 mod openapi;
 mod processing;
+mod rate_limit;
 mod subscriptions;
 mod token_manager;
 
