@@ -6,13 +6,17 @@ mod delivery;
 mod embedded;
 mod enrichment;
 mod events;
+mod fuzz_ingest;
 mod helpers;
 mod ingest;
 mod oauth;
 mod openapi;
 mod processing;
 mod rate_limit;
+mod secrets;
+mod ssrf;
 mod subscriptions;
+mod tenant_isolation;
 mod token_manager;
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:
