@@ -30,10 +30,13 @@ pub struct SubscriptionIn {
     /// Event type patterns, e.g. `["jira:issue_*"]` (`*` matches any suffix).
     pub event_types: Vec<String>,
     /// Only events of this connection; unset: every connection of the company.
+    #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Extra conditions, e.g. `{"projectKeys": ["ENG"]}`.
+    #[oai(nullable)]
     pub filters: Option<serde_json::Value>,
 }
 
@@ -42,12 +45,16 @@ pub struct SubscriptionIn {
 #[oai(rename_all = "camelCase")]
 pub struct SubscriptionPatch {
     /// A new target URL (validated like at creation).
+    #[oai(nullable)]
     pub url: Option<String>,
     /// New event type patterns.
+    #[oai(nullable)]
     pub event_types: Option<Vec<String>>,
     /// Enable (resumes its pending deliveries) or disable.
+    #[oai(nullable)]
     pub enabled: Option<bool>,
     /// New free text.
+    #[oai(nullable)]
     pub description: Option<String>,
 }
 
@@ -62,16 +69,21 @@ pub struct SubscriptionOut {
     /// Event type patterns.
     pub event_types: serde_json::Value,
     /// The connection it is limited to, if any.
+    #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Extra conditions.
+    #[oai(nullable)]
     pub filters: Option<serde_json::Value>,
     /// Whether events are delivered.
     pub enabled: bool,
     /// Why hookline disabled it, if it did.
+    #[oai(nullable)]
     pub disabled_reason: Option<String>,
     /// Since when its deliveries have been failing, if they are.
+    #[oai(nullable)]
     pub failing_since: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -97,6 +109,7 @@ pub struct SubscriptionList {
     /// The subscriptions, oldest first.
     pub items: Vec<SubscriptionOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -20,6 +20,7 @@ on_both_backends!(
     an_early_answer_closes_the_connection_so_a_smuggled_request_is_never_read,
     nul_characters_are_stored_processed_and_delivered,
     a_subscriber_answering_nul_bytes_does_not_wedge_its_delivery,
+    an_unsupported_method_is_405_with_allow,
 );
 
 /// A small body limit keeps the oversized cases fast.
@@ -386,6 +387,54 @@ async fn a_subscriber_answering_nul_bytes_does_not_wedge_its_delivery(backend: B
     }
     ok_server.abort();
     failing_server.abort();
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn an_unsupported_method_is_405_with_allow(backend: Backend) {
+    let Some((env, app)) = start_app(backend).await else {
+        return;
+    };
+    let (api_key, connection) = company_with_connection(&app).await;
+    let webhook_url = connection["webhookUrl"].as_str().expect("url").to_owned();
+    for (method, url, allow) in [
+        (reqwest::Method::GET, webhook_url.clone(), "POST"),
+        (reqwest::Method::PUT, webhook_url, "POST"),
+        (
+            reqwest::Method::DELETE,
+            app.url("/api/v1/events"),
+            "GET, HEAD",
+        ),
+        (
+            reqwest::Method::PUT,
+            app.url(&format!("/api/v1/subscriptions/{}", Uuid::now_v7())),
+            "DELETE, GET, HEAD, PATCH",
+        ),
+        (
+            reqwest::Method::TRACE,
+            app.url("/api/v1/subscriptions"),
+            "GET, HEAD, POST",
+        ),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), &url)
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .expect("request");
+        let case = format!("{method} {url}");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{case}"
+        );
+        let code = assert_error(response, 405, &case).await;
+        assert_eq!(code, "method_not_allowed", "{case}");
+    }
     app.stop().await;
     env.cleanup().await;
 }

@@ -13,6 +13,7 @@ mod oauth;
 mod openapi;
 mod processing;
 mod rate_limit;
+mod schemathesis;
 mod secrets;
 mod ssrf;
 mod subscriptions;
