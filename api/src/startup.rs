@@ -297,8 +297,11 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
                 path = %request.uri().path()
             );
             let started = std::time::Instant::now();
-            let response = endpoint.call(request).instrument(span.clone()).await;
+            let mut response = endpoint.call(request).instrument(span.clone()).await;
             let _entered = span.enter();
+            if let Ok(response) = &mut response {
+                with_retry_after(response);
+            }
             if let Ok(response) = &response {
                 tracing::debug!(
                     status = response.status().as_u16(),
@@ -313,6 +316,23 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
         })
         .around(crate::body_guard::close_unread_bodies)
         .boxed()
+}
+
+/// How many seconds a `503` asks the caller to wait before retrying.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Every `503` says when to retry (`Retry-After`), so that Jira and other callers back off
+/// instead of hammering a service whose database or queue is away; `{code, detail}` stays the
+/// body. Set here, once, rather than in each of the many operations that can answer 503.
+fn with_retry_after(response: &mut poem::Response) {
+    use poem::http::header::{HeaderValue, RETRY_AFTER};
+    if response.status() == poem::http::StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
+    }
 }
 
 /// The Jira REST client with its token manager; the OAuth app only when `JIRA_CLIENT_ID` and

@@ -85,6 +85,10 @@ fn describe_metrics() {
         "Rows whose job was lost or due and that the sweeper enqueued, by stage"
     );
     describe_counter!(
+        "hookline_worker_restarts_total",
+        "Queue workers restarted after their backend failed (e.g. Redis lost its keys), by queue"
+    );
+    describe_counter!(
         "hookline_queue_jobs_removed_total",
         "Finished jobs the janitor removed from the queue backend"
     );

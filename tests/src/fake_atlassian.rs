@@ -47,6 +47,12 @@ struct Inner {
     /// The next `.0` issue requests answer status `.1` (429s carry `Retry-After: 1`).
     issue_failures: (usize, u16),
     token_failures: usize,
+    /// While true, every token request answers 503 (the token endpoint is down).
+    token_endpoint_down: bool,
+    /// How long token requests wait before they are answered.
+    token_delay: Duration,
+    /// How long issue requests wait before they are answered.
+    issue_delay: Duration,
     codes: HashMap<String, String>,
     grants: HashMap<u64, bool>,
     access_tokens: HashMap<String, (u64, Instant)>,
@@ -62,6 +68,9 @@ impl Default for Inner {
             rate_limited: None,
             issue_failures: (0, 500),
             token_failures: 0,
+            token_endpoint_down: false,
+            token_delay: Duration::ZERO,
+            issue_delay: Duration::ZERO,
             codes: HashMap::new(),
             grants: HashMap::new(),
             access_tokens: HashMap::new(),
@@ -203,6 +212,22 @@ impl FakeAtlassian {
         self.inner().token_failures = count;
     }
 
+    /// While `down`, the token endpoint answers every request with 503.
+    pub fn set_token_endpoint_down(&self, down: bool) {
+        self.inner().token_endpoint_down = down;
+    }
+
+    /// Token requests wait `delay` before they are handled (a slow token endpoint). The wait
+    /// comes first: a refresh token is rotated only after it, as a slow Atlassian would.
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.inner().token_delay = delay;
+    }
+
+    /// Issue requests wait `delay` before they are answered (a slow Jira).
+    pub fn set_issue_delay(&self, delay: Duration) {
+        self.inner().issue_delay = delay;
+    }
+
     /// How many refresh-token grants succeeded.
     pub fn refreshes(&self) -> usize {
         self.state.refreshes.load(Ordering::SeqCst)
@@ -274,7 +299,16 @@ async fn token_endpoint(req: &Request, body: Body, state: Data<&Arc<FakeState>>)
             .map(|url| url.query_pairs().into_owned().collect())
             .unwrap_or_default()
     };
+    let delay = state.inner.lock().expect("fake state").token_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut inner = state.inner.lock().expect("fake state");
+    if inner.token_endpoint_down {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body("unavailable");
+    }
     if inner.token_failures > 0 {
         inner.token_failures -= 1;
         return Response::builder()
@@ -367,12 +401,16 @@ fn accessible_resources(req: &Request, state: Data<&Arc<FakeState>>) -> Response
 }
 
 #[handler]
-fn issue(
+async fn issue(
     req: &Request,
     Path((cloud_id, key)): Path<(String, String)>,
     state: Data<&Arc<FakeState>>,
 ) -> Response {
     state.issue_requests.fetch_add(1, Ordering::SeqCst);
+    let delay = state.inner.lock().expect("fake state").issue_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let mut inner = state.inner.lock().expect("fake state");
     if inner.issue_failures.0 > 0 {
         let (count, status) = inner.issue_failures;

@@ -46,11 +46,47 @@ impl ReceivedRequest {
 struct Script {
     next: VecDeque<Reply>,
     default: Reply,
+    flapping: Option<Flapping>,
+}
+
+/// A subscriber that flaps: answers cycle through `replies`, but one message (`webhook-id`)
+/// fails at most `max_failures` times in a row, so that every message gets through eventually.
+#[derive(Debug)]
+struct Flapping {
+    replies: Vec<Reply>,
+    max_failures: usize,
+    position: usize,
+    failures: HashMap<String, usize>,
+}
+
+impl Flapping {
+    fn next(&mut self, message_id: &str) -> Reply {
+        let failures = self.failures.entry(message_id.to_owned()).or_default();
+        if *failures >= self.max_failures || self.replies.is_empty() {
+            *failures = 0;
+            return Reply::Status(200);
+        }
+        let reply = self.replies[self.position % self.replies.len()];
+        self.position += 1;
+        if is_success(reply) {
+            *failures = 0;
+        } else {
+            *failures += 1;
+        }
+        reply
+    }
+}
+
+/// Whether hookline sees `reply` as a success (a hang is meant to outlast its timeout).
+fn is_success(reply: Reply) -> bool {
+    matches!(reply, Reply::Status(status) if (200..300).contains(&status))
 }
 
 #[derive(Debug)]
 struct Inner {
     requests: Mutex<Vec<ReceivedRequest>>,
+    /// The reply given to each request of `requests`, in the same order.
+    replies: Mutex<Vec<Reply>>,
     script: Mutex<Script>,
 }
 
@@ -67,9 +103,11 @@ impl FakeSubscriber {
     pub async fn start(default: Reply) -> Self {
         let inner = Arc::new(Inner {
             requests: Mutex::new(Vec::new()),
+            replies: Mutex::new(Vec::new()),
             script: Mutex::new(Script {
                 next: VecDeque::new(),
                 default,
+                flapping: None,
             }),
         });
         let acceptor = TcpListener::bind("127.0.0.1:0")
@@ -114,6 +152,36 @@ impl FakeSubscriber {
     pub fn requests(&self) -> Vec<ReceivedRequest> {
         self.inner.requests.lock().expect("lock").clone()
     }
+
+    /// From now on, flap: answers cycle through `replies` (e.g. 200, 500 and a hang longer
+    /// than hookline's delivery timeout), except that one message (`webhook-id`) never fails
+    /// more than `max_failures` times in a row: then it gets a 200. Scripted replies
+    /// ([`FakeSubscriber::fail_times`]) still come first.
+    pub fn set_flapping(&self, replies: &[Reply], max_failures: usize) {
+        self.inner.script.lock().expect("lock").flapping = Some(Flapping {
+            replies: replies.to_vec(),
+            max_failures,
+            position: 0,
+            failures: HashMap::new(),
+        });
+    }
+
+    /// Stops flapping: answers the default reply again.
+    pub fn stop_flapping(&self) {
+        self.inner.script.lock().expect("lock").flapping = None;
+    }
+
+    /// The requests answered with a 2xx status (what hookline counts as delivered).
+    pub fn acknowledged(&self) -> Vec<ReceivedRequest> {
+        let requests = self.inner.requests.lock().expect("lock");
+        let replies = self.inner.replies.lock().expect("lock");
+        requests
+            .iter()
+            .zip(replies.iter())
+            .filter(|(_, reply)| is_success(**reply))
+            .map(|(request, _)| request.clone())
+            .collect()
+    }
 }
 
 impl Drop for FakeSubscriber {
@@ -135,15 +203,27 @@ async fn answer(inner: Arc<Inner>, req: Request) -> Response {
         })
         .collect();
     let body = req.into_body().into_vec().await.unwrap_or_default();
-    inner
-        .requests
-        .lock()
-        .expect("lock")
-        .push(ReceivedRequest { at, headers, body });
+    let request = ReceivedRequest { at, headers, body };
     let reply = {
         let mut script = inner.script.lock().expect("lock");
-        script.next.pop_front().unwrap_or(script.default)
+        match script.next.pop_front() {
+            Some(reply) => reply,
+            None => {
+                let default = script.default;
+                match &mut script.flapping {
+                    Some(flapping) => flapping.next(request.header("webhook-id")),
+                    None => default,
+                }
+            }
+        }
     };
+    {
+        // Both under their locks at once, so that the two lists stay in step.
+        let mut requests = inner.requests.lock().expect("lock");
+        let mut replies = inner.replies.lock().expect("lock");
+        requests.push(request);
+        replies.push(reply);
+    }
     let status = match reply {
         Reply::Status(status) => status,
         Reply::Hang(duration) => {

@@ -8,6 +8,8 @@
 pub mod fake_atlassian;
 pub mod fake_subscriber;
 pub mod fixtures;
+pub mod load;
+pub mod process;
 pub mod proxy;
 pub mod services;
 

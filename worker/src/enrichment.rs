@@ -3,7 +3,14 @@
 //! Best effort with a bounded budget (DESIGN §4): it never blocks delivery. Its result travels
 //! with the event as `enrichment: {status, issue?, error?}`.
 
+use std::time::Duration;
+
+use entity::plugin_connection;
+use plugins::jira::event as jira_event;
 use serde::Serialize;
+use serde_json::Value;
+
+use crate::runner::JobContext;
 
 /// `enrichment` of a processed event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,6 +51,113 @@ impl Enrichment {
             status: "ok",
             issue: Some(issue),
             error: None,
+        }
+    }
+}
+
+/// Issue fields fetched for enrichment (the whole issue would be large and slow).
+const ENRICHMENT_FIELDS: &str = "summary,status,assignee,reporter,priority,issuetype,project,\
+labels,components,fixVersions,parent,created,updated,duedate,resolution,description";
+
+/// Fetches the event's issue through the Jira REST API when the connection can, within the
+/// enrichment budget: a 429 waits for its `Retry-After`, 5xx and transport errors are retried
+/// with exponential backoff (backon), both only while the budget lasts. A deleted issue (404),
+/// a connection without OAuth or needing re-authorisation is `skipped`; past the budget,
+/// `failed`. Never an error: enrichment does not block delivery.
+///
+/// The budget is a hard cut: whatever is in flight when it runs out (a slow Jira answer, a
+/// token refresh) is abandoned. A token refresh runs in its own task inside the
+/// [`TokenManager`](plugins::jira::token_manager::TokenManager), so abandoning it here does
+/// not cancel it half-way: the rotated token pair is still saved.
+pub async fn enrich(
+    ctx: &JobContext,
+    connection: &plugin_connection::Model,
+    event: &jira_event::JiraEvent,
+) -> Enrichment {
+    let budget = ctx.settings.enrichment_budget;
+    match tokio::time::timeout(budget, enrich_within(ctx, connection, event, budget)).await {
+        Ok(enrichment) => enrichment,
+        Err(_) => {
+            tracing::debug!(connection.id = %connection.id, ?budget, "enrichment budget ran out");
+            Enrichment::failed(format!(
+                "gave up: the enrichment budget of {budget:?} ran out before Jira answered"
+            ))
+        }
+    }
+}
+
+/// The retry loop of [`enrich`]; it also gives up early when a wait would end past the budget.
+async fn enrich_within(
+    ctx: &JobContext,
+    connection: &plugin_connection::Model,
+    event: &jira_event::JiraEvent,
+    budget: Duration,
+) -> Enrichment {
+    use plugins::jira::rest::JiraError;
+    use plugins::jira::token_manager::TokenError;
+
+    let Some(issue) = event.issue_id_or_key() else {
+        return Enrichment::skipped("the event carries no issue");
+    };
+    if connection.status == plugin_connection::status::REAUTH_REQUIRED {
+        return Enrichment::skipped("the connection needs to be re-authorised");
+    }
+    let Some(cloud_id) = connection.metadata.get("cloudId").and_then(Value::as_str) else {
+        return Enrichment::skipped(
+            "the connection has no OAuth credential (webhook registered by an admin)",
+        );
+    };
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut backoff = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times(),
+    );
+    loop {
+        let error = match ctx
+            .jira
+            .get_issue(connection.id, cloud_id, issue, Some(ENRICHMENT_FIELDS))
+            .await
+        {
+            Ok(issue) => return Enrichment::ok(issue),
+            Err(error) => error,
+        };
+        let wait = match &error {
+            JiraError::NotFound => {
+                return Enrichment::skipped("the issue is not in Jira any more (404)");
+            }
+            JiraError::Token(TokenError::NoCredential) => {
+                return Enrichment::skipped("the connection has no OAuth credential");
+            }
+            JiraError::Token(TokenError::ReauthRequired) => {
+                return Enrichment::skipped("the connection needs to be re-authorised");
+            }
+            JiraError::Token(TokenError::NotConfigured) => {
+                return Enrichment::skipped(
+                    "JIRA_CLIENT_ID and JIRA_CLIENT_SECRET are not configured",
+                );
+            }
+            JiraError::InvalidKey(_) => return Enrichment::skipped(error.to_string()),
+            JiraError::RateLimited { retry_after } => retry_after.or_else(|| backoff.next()),
+            JiraError::Upstream(status) if *status >= 500 => backoff.next(),
+            JiraError::Transport(_) | JiraError::Token(TokenError::Unavailable(_)) => {
+                backoff.next()
+            }
+            _ => None,
+        };
+        match wait {
+            Some(wait) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::debug!(connection.id = %connection.id, ?wait, error = %error, "enrichment retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Some(_) => {
+                return Enrichment::failed(format!(
+                    "gave up within the enrichment budget of {budget:?}: {error}"
+                ));
+            }
+            None => return Enrichment::failed(error.to_string()),
         }
     }
 }

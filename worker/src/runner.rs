@@ -4,11 +4,16 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use apalis::prelude::{BackendExt, Event, Monitor, WorkerBuilder, WorkerBuilderExt};
+use apalis::prelude::{
+    BackendExt, Event, EventListenerExt, WorkerBuilder, WorkerBuilderExt, WorkerContext,
+    WorkerError,
+};
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
 use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
 
 use crate::jobs::{Deliver, DeliverRetry, ProcessEvent, deliver, process_event};
 use crate::queue::{Job, JobQueue};
@@ -31,54 +36,62 @@ pub struct JobContext {
     pub subscriber_client: reqwest::Client,
 }
 
-/// Registers the worker of one job type on the monitor, for whichever backend the queue uses.
-/// Adding a job is one line in [`run_workers`].
-macro_rules! register {
-    ($monitor:expr, $ctx:expr, $job:ty, $handler:path) => {{
+/// Spawns, on `$tasks`, the supervised worker of one job type for whichever backend the queue
+/// uses (see [`supervise`]). Adding a job is one line in [`run_workers`].
+macro_rules! spawn_worker {
+    ($tasks:expr, $ctx:expr, $stop:expr, $job:ty, $handler:path) => {{
         let settings = &$ctx.settings;
         let concurrency = settings.concurrency.max(1);
         // apalis-redis needs batch_size <= concurrency.
         let batch_size = concurrency.min(10);
         let name = format!("{}-{}", settings.process_name, <$job as Job>::QUEUE);
         let queue = $ctx.queue.queue_name::<$job>();
+        let poll_interval = settings.poll_interval;
         let ctx = $ctx.clone();
-        match &$ctx.queue {
-            JobQueue::Redis { conn, .. } => {
-                let config = apalis_redis::Config::default()
-                    .queue(queue)
-                    .batch_size(batch_size)
-                    // A crashed worker's jobs come back after heartbeat × missed heartbeats.
-                    .heartbeat_interval(HEARTBEAT)
-                    .missed_heartbeats(MISSED_HEARTBEATS);
-                let backend = RedisStorage::<$job>::new(conn.clone())
-                    .with_config(config)
-                    .poll_with_interval(settings.poll_interval);
-                $monitor.register(move |_| {
-                    WorkerBuilder::new(name.clone())
-                        .backend(backend.clone())
+        let stop = $stop.clone();
+        let run_once = move || -> BoxFuture<'static, Result<(), WorkerError>> {
+            let ctx = ctx.clone();
+            let name = name.clone();
+            let signal = stop_signal(stop.clone());
+            match &ctx.queue {
+                JobQueue::Redis { conn, .. } => {
+                    let config = apalis_redis::Config::default()
+                        .queue(&queue)
+                        .batch_size(batch_size)
+                        // A crashed worker's jobs come back after heartbeat × missed heartbeats.
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS);
+                    let backend = RedisStorage::<$job>::new(conn.clone())
+                        .with_config(config)
+                        .poll_with_interval(poll_interval);
+                    let worker = WorkerBuilder::new(name)
+                        .backend(backend)
                         .data(ctx.clone())
                         .concurrency(concurrency)
-                        .build($handler)
-                })
-            }
-            JobQueue::Sqlite { pool, .. } => {
-                let config = apalis_sqlite::Config::default()
-                    .queue(queue)
-                    .batch_size(batch_size)
-                    .heartbeat_interval(HEARTBEAT)
-                    .missed_heartbeats(MISSED_HEARTBEATS);
-                let backend = SqliteStorage::<$job>::new(pool)
-                    .with_config(config)
-                    .poll_with_interval(settings.poll_interval);
-                $monitor.register(move |_| {
-                    WorkerBuilder::new(name.clone())
-                        .backend(backend.clone())
+                        .on_event(log_handler_errors)
+                        .build($handler);
+                    worker.run_until(signal).boxed()
+                }
+                JobQueue::Sqlite { pool, .. } => {
+                    let config = apalis_sqlite::Config::default()
+                        .queue(&queue)
+                        .batch_size(batch_size)
+                        .heartbeat_interval(HEARTBEAT)
+                        .missed_heartbeats(MISSED_HEARTBEATS);
+                    let backend = SqliteStorage::<$job>::new(pool)
+                        .with_config(config)
+                        .poll_with_interval(poll_interval);
+                    let worker = WorkerBuilder::new(name)
+                        .backend(backend)
                         .data(ctx.clone())
                         .concurrency(concurrency)
-                        .build($handler)
-                })
+                        .on_event(log_handler_errors)
+                        .build($handler);
+                    worker.run_until(signal).boxed()
+                }
             }
-        }
+        };
+        $tasks.spawn(supervise(<$job as Job>::QUEUE, $stop.clone(), run_once));
     }};
 }
 
@@ -90,6 +103,9 @@ const MISSED_HEARTBEATS: usize = 3;
 
 /// How long in-flight jobs get to finish after a shutdown signal.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A worker that ran this long before failing starts its restart backoff from the beginning.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Runs all workers and the sweeper until `shutdown` completes, then lets in-flight jobs finish
 /// (up to a timeout). What is left unfinished stays claimed in the database and is handed out
@@ -103,28 +119,99 @@ pub async fn run_workers(
     let sampler = tokio::spawn(sampler::run(ctx.clone(), stop_rx.clone()));
     let _token_keeper = tokio::spawn(crate::token_keeper::run(ctx.clone(), stop_rx.clone()));
 
-    let signal = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-        Ok(())
-    };
-    let monitor = Monitor::new()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT)
-        .on_event(|worker, event| {
-            // `run_with_signal` returns Ok even when a worker failed; say so loudly here.
-            if let Event::Error(error) = event {
-                tracing::error!(worker = worker.name(), error = %error, "worker error");
-            }
-        });
+    let mut workers = tokio::task::JoinSet::new();
+    spawn_worker!(workers, ctx, stop_rx, ProcessEvent, process_event::handle);
+    spawn_worker!(workers, ctx, stop_rx, Deliver, deliver::handle);
+    spawn_worker!(workers, ctx, stop_rx, DeliverRetry, deliver::handle_retry);
 
-    let monitor = register!(monitor, ctx, ProcessEvent, process_event::handle);
-    let monitor = register!(monitor, ctx, Deliver, deliver::handle);
-    let monitor = register!(monitor, ctx, DeliverRetry, deliver::handle_retry);
-    let result = monitor
-        .run_with_signal(signal)
-        .await
-        .context("the workers stopped with an error");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    while let Some(joined) = workers.join_next().await {
+        if let Err(error) = joined {
+            result = Err(anyhow::Error::new(error).context("a worker task panicked"));
+        }
+    }
     sweeper.abort();
     sampler.abort();
     result
+}
+
+/// Runs the worker that `run_once` builds until shutdown, and builds and runs it again whenever
+/// it stops with an error.
+///
+/// An apalis worker ends for good when its backend fails (Redis restarted or unreachable, the
+/// SQLite queue locked): without this, a worker process would stay up but stop taking jobs of
+/// that queue until it is restarted by hand. Restarts wait with exponential backoff (0.5 s up
+/// to 30 s, jitter), reset once a worker has run for a while. Jobs lost meanwhile are recovered
+/// from the database by the sweeper.
+async fn supervise<F>(queue: &'static str, mut stop: watch::Receiver<bool>, run_once: F)
+where
+    F: Fn() -> BoxFuture<'static, Result<(), WorkerError>>,
+{
+    let new_backoff = || {
+        backon::BackoffBuilder::build(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(30))
+                .with_jitter()
+                .without_max_times(),
+        )
+    };
+    let mut backoff = new_backoff();
+    let mut restarts: u64 = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let run = run_once();
+        let mut stopping = stop.clone();
+        let result = tokio::select! {
+            result = run => result,
+            () = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                tokio::time::sleep(SHUTDOWN_TIMEOUT).await;
+            } => {
+                tracing::warn!(queue, timeout = ?SHUTDOWN_TIMEOUT, "in-flight jobs did not finish before the shutdown timeout; the sweeper hands their rows out again");
+                return;
+            }
+        };
+        let error = match result {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if *stop.borrow() {
+            tracing::warn!(queue, error = %error, "worker stopped with an error while shutting down");
+            return;
+        }
+        if started.elapsed() > HEALTHY_RUN {
+            backoff = new_backoff();
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        restarts += 1;
+        metrics::counter!("hookline_worker_restarts_total", "queue" => queue).increment(1);
+        tracing::error!(
+            queue,
+            error = %error,
+            restarts,
+            restart_in_ms = delay.as_millis() as u64,
+            "worker stopped with an error; restarting it"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// A future that completes once `stop` turns true (the worker's shutdown signal).
+async fn stop_signal(mut stop: watch::Receiver<bool>) -> Result<(), WorkerError> {
+    // A dropped sender means the process is going away: stop as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+    Ok(())
+}
+
+/// Handler errors are logged by the handlers; this makes failures apalis reports visible too.
+fn log_handler_errors(worker: &WorkerContext, event: &Event) {
+    if let Event::Error(error) = event {
+        tracing::error!(worker = worker.name(), error = %error, "worker error");
+    }
 }

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::auth::CompanyAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{ApiTags, DEFAULT_PAGE, MAX_PAGE};
+use crate::routes::ApiTags;
+use crate::routes::page::Page;
 use crate::state::AppState;
 
 /// The connection API.
@@ -186,22 +187,15 @@ impl ConnectionApi {
         /// Page size (1–200, default 50).
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<ConnectionList>> {
-        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let page = Page::new(cursor.0, limit.0)?;
         let mut query = plugin_connection::Entity::find_for_company(auth.0.id)
             .order_by_asc(plugin_connection::Column::Id)
-            .limit(limit + 1);
-        if let Some(cursor) = cursor.0 {
-            let after = Uuid::parse_str(&cursor)
-                .map_err(|_| ApiError::bad_request("cursor is not a cursor this API returned"))?;
+            .limit(page.fetch());
+        if let Some(after) = page.cursor {
             query = query.filter(plugin_connection::Column::Id.gt(after));
         }
         let mut models = query.all(&state.db).await?;
-        let next_cursor = if models.len() as u64 > limit {
-            models.truncate(limit as usize);
-            models.last().map(|model| model.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = page.finish(&mut models, |model| model.id);
         Ok(Json(ConnectionList {
             items: models
                 .into_iter()

@@ -12,8 +12,9 @@ use worker::jobs::Deliver;
 
 use crate::auth::CompanyAuth;
 use crate::error::{ApiError, ApiResult};
+use crate::routes::ApiTags;
+use crate::routes::page::Page;
 use crate::routes::subscriptions::find_subscription;
-use crate::routes::{ApiTags, DEFAULT_PAGE, MAX_PAGE};
 use crate::state::AppState;
 
 /// The delivery API.
@@ -150,10 +151,10 @@ impl DeliveryApi {
         /// Page size (1–200, default 50).
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<DeliveryList>> {
-        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let page = Page::new(cursor.0, limit.0)?;
         let mut query = delivery::Entity::find_for_company(auth.0.id)
             .order_by_asc(delivery::Column::Id)
-            .limit(limit + 1);
+            .limit(page.fetch());
         if let Some(status) = status.0 {
             query = query.filter(delivery::Column::Status.eq(status));
         }
@@ -163,18 +164,11 @@ impl DeliveryApi {
         if let Some(event_id) = event_id.0 {
             query = query.filter(delivery::Column::EventId.eq(event_id));
         }
-        if let Some(cursor) = cursor.0 {
-            let after = Uuid::parse_str(&cursor)
-                .map_err(|_| ApiError::bad_request("cursor is not a cursor this API returned"))?;
+        if let Some(after) = page.cursor {
             query = query.filter(delivery::Column::Id.gt(after));
         }
         let mut models = query.all(&state.db).await?;
-        let next_cursor = if models.len() as u64 > limit {
-            models.truncate(limit as usize);
-            models.last().map(|model| model.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = page.finish(&mut models, |model| model.id);
         Ok(Json(DeliveryList {
             items: models.into_iter().map(DeliveryOut::from).collect(),
             next_cursor,

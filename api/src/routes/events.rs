@@ -11,7 +11,8 @@ use worker::jobs::ProcessEvent;
 
 use crate::auth::CompanyAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{ApiTags, DEFAULT_PAGE, MAX_PAGE};
+use crate::routes::ApiTags;
+use crate::routes::page::Page;
 use crate::state::AppState;
 
 /// The events API.
@@ -172,10 +173,10 @@ impl EventApi {
         /// Page size (1–200, default 50).
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<EventList>> {
-        let limit = limit.0.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let page = Page::new(cursor.0, limit.0)?;
         let mut query = webhook_event::Entity::find_for_company(auth.0.id)
             .order_by_desc(webhook_event::Column::Id)
-            .limit(limit + 1);
+            .limit(page.fetch());
         if let Some(connection_id) = connection_id.0 {
             query = query.filter(webhook_event::Column::ConnectionId.eq(connection_id));
         }
@@ -197,18 +198,11 @@ impl EventApi {
             }
             query = query.filter(webhook_event::Column::Status.eq(status));
         }
-        if let Some(cursor) = cursor.0 {
-            let before = Uuid::parse_str(&cursor)
-                .map_err(|_| ApiError::bad_request("cursor is not a cursor this API returned"))?;
+        if let Some(before) = page.cursor {
             query = query.filter(webhook_event::Column::Id.lt(before));
         }
         let mut models = query.all(&state.db).await?;
-        let next_cursor = if models.len() as u64 > limit {
-            models.truncate(limit as usize);
-            models.last().map(|model| model.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = page.finish(&mut models, |model| model.id);
         Ok(Json(EventList {
             items: models.into_iter().map(EventOut::from).collect(),
             next_cursor,

@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod jira_issues;
 pub mod oauth;
+mod page;
 pub mod subscriptions;
 pub mod webhook;
 
@@ -60,8 +61,3 @@ pub fn apis() -> Apis {
         deliveries::DeliveryApi,
     )
 }
-
-/// Default and maximum page sizes of list operations.
-pub(crate) const DEFAULT_PAGE: u64 = 50;
-/// The largest page a list operation returns.
-pub(crate) const MAX_PAGE: u64 = 200;

@@ -264,7 +264,24 @@ impl TokenManager {
         locks.entry(connection_id).or_default().clone()
     }
 
+    /// Refreshes in a task of its own, so that a caller giving up (an enrichment budget running
+    /// out, a request cancelled) does not cancel the refresh half-way: once the token endpoint
+    /// has rotated the refresh token, the new pair must be saved, or the next refresh would
+    /// reuse the old token and Atlassian would revoke the grant.
     async fn refresh(&self, connection_id: Uuid, need: Need) -> Result<AccessToken, TokenError> {
+        let manager = self.clone();
+        tokio::spawn(async move { manager.refresh_to_completion(connection_id, need).await })
+            .await
+            .map_err(|error| {
+                TokenError::Unavailable(format!("the token refresh task failed: {error}"))
+            })?
+    }
+
+    async fn refresh_to_completion(
+        &self,
+        connection_id: Uuid,
+        need: Need,
+    ) -> Result<AccessToken, TokenError> {
         let lock = self.lock_for(connection_id);
         let _single_flight = lock.lock().await;
 

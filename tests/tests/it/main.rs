@@ -6,6 +6,7 @@ mod delivery;
 mod embedded;
 mod enrichment;
 mod events;
+mod faults;
 mod fuzz_ingest;
 mod helpers;
 mod ingest;

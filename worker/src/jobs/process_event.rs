@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::enrichment::Enrichment;
+use crate::enrichment::{self, Enrichment};
 use crate::jobs::Deliver;
 use crate::matching::{EventFacts, matches};
 use crate::queue::Job;
@@ -122,7 +122,7 @@ pub async fn run(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Outcome> {
         .await
         .context("could not load the event's connection")?;
     let enrichment = match &connection {
-        Some(connection) => enrich(ctx, connection, &parsed).await,
+        Some(connection) => enrichment::enrich(ctx, connection, &parsed).await,
         None => Enrichment::skipped("the connection no longer exists"),
     };
     let data = EventData {
@@ -254,90 +254,6 @@ struct EventData<'a> {
     event: &'a jira_event::JiraEvent,
     enrichment: &'a Enrichment,
     raw: &'a Value,
-}
-
-/// Issue fields fetched for enrichment (the whole issue would be large and slow).
-const ENRICHMENT_FIELDS: &str = "summary,status,assignee,reporter,priority,issuetype,project,\
-labels,components,fixVersions,parent,created,updated,duedate,resolution,description";
-
-/// Fetches the event's issue through the Jira REST API when the connection can, within the
-/// enrichment budget: a 429 waits for its `Retry-After`, 5xx and transport errors are retried
-/// with exponential backoff (backon), both only while the budget lasts. A deleted issue (404),
-/// a connection without OAuth or needing re-authorisation is `skipped`; past the budget,
-/// `failed`. Never an error: enrichment does not block delivery.
-async fn enrich(
-    ctx: &JobContext,
-    connection: &plugin_connection::Model,
-    event: &jira_event::JiraEvent,
-) -> Enrichment {
-    use plugins::jira::rest::JiraError;
-    use plugins::jira::token_manager::TokenError;
-
-    let Some(issue) = event.issue_id_or_key() else {
-        return Enrichment::skipped("the event carries no issue");
-    };
-    if connection.status == plugin_connection::status::REAUTH_REQUIRED {
-        return Enrichment::skipped("the connection needs to be re-authorised");
-    }
-    let Some(cloud_id) = connection.metadata.get("cloudId").and_then(Value::as_str) else {
-        return Enrichment::skipped(
-            "the connection has no OAuth credential (webhook registered by an admin)",
-        );
-    };
-    let deadline = tokio::time::Instant::now() + ctx.settings.enrichment_budget;
-    let mut backoff = backon::BackoffBuilder::build(
-        backon::ExponentialBuilder::default()
-            .with_min_delay(std::time::Duration::from_millis(200))
-            .with_max_delay(std::time::Duration::from_secs(2))
-            .with_jitter()
-            .without_max_times(),
-    );
-    loop {
-        let error = match ctx
-            .jira
-            .get_issue(connection.id, cloud_id, issue, Some(ENRICHMENT_FIELDS))
-            .await
-        {
-            Ok(issue) => return Enrichment::ok(issue),
-            Err(error) => error,
-        };
-        let wait = match &error {
-            JiraError::NotFound => {
-                return Enrichment::skipped("the issue is not in Jira any more (404)");
-            }
-            JiraError::Token(TokenError::NoCredential) => {
-                return Enrichment::skipped("the connection has no OAuth credential");
-            }
-            JiraError::Token(TokenError::ReauthRequired) => {
-                return Enrichment::skipped("the connection needs to be re-authorised");
-            }
-            JiraError::Token(TokenError::NotConfigured) => {
-                return Enrichment::skipped(
-                    "JIRA_CLIENT_ID and JIRA_CLIENT_SECRET are not configured",
-                );
-            }
-            JiraError::InvalidKey(_) => return Enrichment::skipped(error.to_string()),
-            JiraError::RateLimited { retry_after } => retry_after.or_else(|| backoff.next()),
-            JiraError::Upstream(status) if *status >= 500 => backoff.next(),
-            JiraError::Transport(_) | JiraError::Token(TokenError::Unavailable(_)) => {
-                backoff.next()
-            }
-            _ => None,
-        };
-        match wait {
-            Some(wait) if tokio::time::Instant::now() + wait < deadline => {
-                tracing::debug!(connection.id = %connection.id, ?wait, error = %error, "enrichment retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Some(_) => {
-                return Enrichment::failed(format!(
-                    "gave up within the enrichment budget of {:?}: {error}",
-                    ctx.settings.enrichment_budget
-                ));
-            }
-            None => return Enrichment::failed(error.to_string()),
-        }
-    }
 }
 
 /// Marks a claimed event `failed` with `error`; its raw body stays for inspection and replay.
