@@ -56,6 +56,8 @@ export HOOKLINE_DATA_DIR="$WORK/data"
 export HOOKLINE_QUEUE_PREFIX="schemathesis-$$"
 # schemathesis sends thousands of webhooks to whatever connection it invents: no rate limit.
 export HOOKLINE_INGEST_RATE_LIMIT=0
+# The test subscription points at a closed local port.
+export HOOKLINE_ALLOW_PRIVATE_TARGETS=true
 export RUST_LOG=${RUST_LOG:-warn}
 # The connect flow configured as in production; Atlassian itself is never reached (nothing
 # listens on port 9), and schemathesis cannot complete a consent anyway.
@@ -100,21 +102,59 @@ curl -sf "$BASE/healthz" >/dev/null || {
 API_KEY=$(curl -sf -X POST "$BASE/api/v1/companies" \
     -H "Authorization: Bearer $HOOKLINE_ADMIN_TOKEN" -H 'content-type: application/json' \
     -d '{"name": "schemathesis"}' | jq -r .apiKey)
-# Something to find: a connection and a subscription of this company.
-curl -sf -X POST "$BASE/api/v1/connections" -H "Authorization: Bearer $API_KEY" \
-    -H 'content-type: application/json' \
-    -d '{"pluginId": "jira", "externalId": "schemathesis.atlassian.net", "externalName": "schemathesis"}' >/dev/null
+api() { curl -sf -H "Authorization: Bearer $API_KEY" -H 'content-type: application/json' "$@"; }
+
+# Something to find: a connection, a subscription (to a closed local port), an event and its
+# delivery. Operations on one item get these ids, so they reach real rows, not only 404s.
+CONNECTION=$(api -X POST "$BASE/api/v1/connections" \
+    -d '{"pluginId": "jira", "externalId": "schemathesis.atlassian.net", "externalName": "schemathesis"}')
+CONNECTION_ID=$(jq -r .id <<<"$CONNECTION")
+WEBHOOK_SECRET=$(jq -r .webhookSecret <<<"$CONNECTION")
+SUBSCRIPTION_ID=$(api -X POST "$BASE/api/v1/subscriptions" \
+    -d '{"url": "http://127.0.0.1:9/hook", "eventTypes": ["jira:issue_*"]}' | jq -r .id)
+BODY='{"webhookEvent":"jira:issue_created","issue":{"key":"ST-1","fields":{"summary":"schemathesis"}}}'
+SIGNATURE=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$WEBHOOK_SECRET" | sed 's/^.* //')
+EVENT_ID=$(curl -sf -X POST "$BASE/webhook/jira/$CONNECTION_ID" -H 'content-type: application/json' \
+    -H "X-Hub-Signature: sha256=$SIGNATURE" --data-binary "$BODY" | jq -r .eventId)
+DELIVERY_ID=""
+for _ in $(seq 1 100); do
+    DELIVERY_ID=$(api "$BASE/api/v1/deliveries?eventId=$EVENT_ID" | jq -r '.items[0].id // empty')
+    [[ -n "$DELIVERY_ID" ]] && break
+    sleep 0.2
+done
+[[ -n "$DELIVERY_ID" ]] || { echo "the event was not processed into a delivery" >&2; exit 1; }
+cat >"$WORK/schemathesis.toml" <<TOML
+[[operations]]
+include-path-regex = "^/api/v1/connections/\\\\{id\\\\}"
+parameters = { "path.id" = "$CONNECTION_ID" }
+
+[[operations]]
+include-path-regex = "^/api/v1/subscriptions/\\\\{id\\\\}"
+parameters = { "path.id" = "$SUBSCRIPTION_ID" }
+
+[[operations]]
+include-path-regex = "^/api/v1/events/\\\\{id\\\\}"
+parameters = { "path.id" = "$EVENT_ID" }
+
+[[operations]]
+include-path-regex = "^/api/v1/deliveries/\\\\{id\\\\}"
+parameters = { "path.id" = "$DELIVERY_ID" }
+
+[[operations]]
+include-path-regex = "^/webhook/jira/"
+parameters = { "path.connection_id" = "$CONNECTION_ID" }
+TOML
 
 echo "schemathesis against $BACKEND at $BASE (seed $SEED, $MAX_EXAMPLES examples per operation)"
 mkdir -p "$REPORT_DIR"
 status=0
-"$SCHEMATHESIS" run openapi.json \
+"$SCHEMATHESIS" --config-file "$WORK/schemathesis.toml" run openapi.json \
     --url "$BASE" \
     --header "Authorization: Bearer $API_KEY" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
-    --workers 2 \
+    --workers 1 \
     --generation-database none \
     --no-color \
     --report junit,ndjson \

@@ -260,6 +260,11 @@ impl From<sea_orm::DbErr> for ApiError {
         if let Some(SqlErr::UniqueConstraintViolation(detail)) = error.sql_err() {
             return Self::conflict(format!("already exists: {detail}"));
         }
+        if refuses_nul(&error) {
+            return Self::bad_request(
+                "a text value contains the NUL character (\\u0000), which cannot be stored",
+            );
+        }
         match &error {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::unavailable(error),
             DbErr::Exec(RuntimeErr::SqlxError(sqlx_error))
@@ -270,6 +275,22 @@ impl From<sea_orm::DbErr> for ApiError {
             }
             _ => Self::internal(error),
         }
+    }
+}
+
+/// Whether Postgres refused a NUL character in a `text` (22021) or `jsonb` (22P05) value: the
+/// client's input, not our fault.
+fn refuses_nul(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx_error))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx_error)) => match sqlx_error.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("22021" | "22P05"))
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 

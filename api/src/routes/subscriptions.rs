@@ -29,12 +29,13 @@ pub struct SubscriptionIn {
     #[oai(validator(min_length = 1, max_length = 2048))]
     pub url: String,
     /// Event type patterns, e.g. `["jira:issue_*"]` (`*` matches any suffix).
+    #[oai(validator(min_items = 1, max_items = 100))]
     pub event_types: Vec<String>,
     /// Only events of this connection; unset: every connection of the company.
     #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
     /// Extra conditions, e.g. `{"projectKeys": ["ENG"]}`.
     #[oai(nullable)]
@@ -46,16 +47,16 @@ pub struct SubscriptionIn {
 #[oai(rename_all = "camelCase")]
 pub struct SubscriptionPatch {
     /// A new target URL (validated like at creation).
-    #[oai(nullable)]
+    #[oai(nullable, validator(min_length = 1, max_length = 2048))]
     pub url: Option<String>,
     /// New event type patterns.
-    #[oai(nullable)]
+    #[oai(nullable, validator(min_items = 1, max_items = 100))]
     pub event_types: Option<Vec<String>>,
     /// Enable (resumes its pending deliveries) or disable.
     #[oai(nullable)]
     pub enabled: Option<bool>,
     /// New free text.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
 }
 
@@ -73,7 +74,7 @@ pub struct SubscriptionOut {
     #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
     /// Extra conditions.
     #[oai(nullable)]
