@@ -57,8 +57,9 @@ impl WebhookApi {
     /// Jira posts events of one connection here. The body is recorded exactly as received and
     /// the answer is immediate; processing and delivery happen in the workers. When the
     /// connection has a webhook secret, `X-Hub-Signature: sha256=<hex>` (HMAC-SHA256 of the raw
-    /// body) is required; a signed body that is not one JSON object is refused with 400. A delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the
-    /// same body without one) is answered with the earlier event id and `duplicate: true`.
+    /// body) is required; a signed body that is not one JSON object is refused with 400. A
+    /// delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the same body without
+    /// one) is answered with the earlier event id and `duplicate: true`.
     ///
     /// Each connection may send `HOOKLINE_INGEST_RATE_LIMIT` webhooks per second with bursts of
     /// `HOOKLINE_INGEST_BURST`; over that the answer is 429 `rate_limited` with `Retry-After`
