@@ -126,6 +126,15 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// Webhooks one connection may send per second, on average, to one API process (over
+    /// it: 429 with `Retry-After`); `0` turns the limit off.
+    #[arg(long, env = "HOOKLINE_INGEST_RATE_LIMIT", default_value_t = 100)]
+    pub ingest_rate_limit: u32,
+
+    /// Webhooks one connection may send at once above its rate (the token bucket's size).
+    #[arg(long, env = "HOOKLINE_INGEST_BURST", default_value_t = 1000)]
+    pub ingest_burst: u32,
+
     /// How long ingest keeps a connection (its company and webhook secret) in memory before
     /// reading it again; `0s` reads it on every webhook. A connection deleted through another
     /// API process stops accepting events within this time.
@@ -246,6 +255,11 @@ impl Settings {
         }
         if self.body_limit_bytes < 1024 {
             bail!("HOOKLINE_BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.ingest_rate_limit > 0 && self.ingest_burst == 0 {
+            bail!(
+                "HOOKLINE_INGEST_BURST must be at least 1 (or set HOOKLINE_INGEST_RATE_LIMIT=0 to turn the limit off)"
+            );
         }
         if self.lease < Duration::from_secs(1) {
             bail!("HOOKLINE_LEASE must be at least 1s");

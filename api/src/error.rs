@@ -109,6 +109,14 @@ impl ApiError {
         Self::TooManyRequests(envelope("too_many_requests", detail), retry_after_secs)
     }
 
+    /// 429 for a client over its rate limit, with the whole seconds to wait (at least 1).
+    pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(
+            envelope("rate_limited", detail),
+            Some(retry_after_secs.max(1)),
+        )
+    }
+
     /// 502: an upstream service failed; logged here, once, at warning level.
     #[track_caller]
     pub fn bad_gateway(detail: impl Into<String>) -> Self {
@@ -252,6 +260,11 @@ impl From<sea_orm::DbErr> for ApiError {
         if let Some(SqlErr::UniqueConstraintViolation(detail)) = error.sql_err() {
             return Self::conflict(format!("already exists: {detail}"));
         }
+        if refuses_nul(&error) {
+            return Self::bad_request(
+                "a text value contains the NUL character (\\u0000), which cannot be stored",
+            );
+        }
         match &error {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::unavailable(error),
             DbErr::Exec(RuntimeErr::SqlxError(sqlx_error))
@@ -262,6 +275,22 @@ impl From<sea_orm::DbErr> for ApiError {
             }
             _ => Self::internal(error),
         }
+    }
+}
+
+/// Whether Postgres refused a NUL character in a `text` (22021) or `jsonb` (22P05) value: the
+/// client's input, not our fault.
+fn refuses_nul(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx_error))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx_error)) => match sqlx_error.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => {
+                matches!(db.code().as_deref(), Some("22021" | "22P05"))
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 

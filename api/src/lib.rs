@@ -3,13 +3,16 @@
 //! [`Application::build`] turns [`config::Settings`] into a running process (API, workers or
 //! both) bound to its port, so that tests can start the real thing on port 0 in-process.
 
+pub mod allow;
 pub mod auth;
+pub mod body_guard;
 pub mod config;
 pub mod connection_cache;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
 pub mod payload;
+pub mod rate_limit;
 pub mod routes;
 pub mod sink;
 pub mod startup;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub connections: crate::connection_cache::ConnectionCache,
     /// Records received webhooks with group commit.
     pub events: crate::event_writer::EventWriter,
+    /// Limits how fast each connection's webhooks are accepted.
+    pub rate_limiter: Arc<crate::rate_limit::RateLimiter>,
 }
 
 impl AppState {

@@ -102,6 +102,9 @@ impl TestEnv {
             api::config::RetrySchedule([200, 400, 800].map(Duration::from_millis).to_vec());
         settings.delivery_connect_timeout = Duration::from_secs(1);
         settings.delivery_timeout = Duration::from_secs(2);
+        // No ingest rate limit: load and concurrency tests send thousands of webhooks to one
+        // connection; the limiter's own tests set it.
+        settings.ingest_rate_limit = 0;
         settings
     }
 

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod runner;
 pub mod sampler;
 pub mod signature;
+pub mod storable;
 pub mod sweeper;
 pub mod target;
 pub mod token_keeper;

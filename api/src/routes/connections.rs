@@ -32,6 +32,7 @@ pub struct ConnectionIn {
     #[oai(validator(min_length = 1, max_length = 255))]
     pub external_name: String,
     /// Free-form metadata, e.g. `{"cloudId": "...", "siteUrl": "..."}`.
+    #[oai(nullable)]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -79,6 +80,7 @@ pub struct ConnectionList {
     /// The connections, oldest first.
     pub items: Vec<ConnectionOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -35,14 +35,18 @@ pub struct DeliveryOut {
     /// Attempts made.
     pub attempts: i32,
     /// When the next attempt is due.
+    #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// HTTP status of the last attempt.
+    #[oai(nullable)]
     pub last_status: Option<i32>,
     /// Why the last attempt failed.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When the subscriber accepted it.
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -57,10 +61,13 @@ pub struct DeliveryAttemptOut {
     /// How long it took, in milliseconds.
     pub duration_ms: i64,
     /// HTTP status of the response, if one arrived.
+    #[oai(nullable)]
     pub status_code: Option<i32>,
     /// Why it failed.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// The start of the response body (at most 1 KiB).
+    #[oai(nullable)]
     pub response_excerpt: Option<String>,
 }
 
@@ -82,6 +89,7 @@ pub struct DeliveryList {
     /// The deliveries, oldest first.
     pub items: Vec<DeliveryOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

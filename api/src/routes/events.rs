@@ -29,6 +29,7 @@ pub struct EventOut {
     /// The plugin (`jira`).
     pub plugin_id: String,
     /// The event type once processed, e.g. `jira:issue_updated`.
+    #[oai(nullable)]
     pub event_type: Option<String>,
     /// `received`, `processing`, `processed` or `failed`.
     pub status: String,
@@ -40,10 +41,13 @@ pub struct EventOut {
     /// When hookline received it.
     pub received_at: DateTime<Utc>,
     /// When processing finished.
+    #[oai(nullable)]
     pub processed_at: Option<DateTime<Utc>>,
     /// Why processing failed.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// For a replay: the event it replays.
+    #[oai(nullable)]
     pub replay_of: Option<Uuid>,
 }
 
@@ -57,10 +61,13 @@ pub struct EventDetailOut {
     /// The request headers as received, credentials removed.
     pub headers: serde_json::Value,
     /// The body as Jira sent it, when it is JSON.
+    #[oai(nullable)]
     pub raw: Option<serde_json::Value>,
     /// The body as text (lossy UTF-8), when it is not JSON.
+    #[oai(nullable)]
     pub raw_text: Option<String>,
     /// The parsed event with its enrichment, as subscribers receive it in `data`.
+    #[oai(nullable)]
     pub data: Option<serde_json::Value>,
     /// The event's deliveries, one per matching subscription.
     pub deliveries: Vec<EventDeliveryOut>,
@@ -79,12 +86,16 @@ pub struct EventDeliveryOut {
     /// Attempts made.
     pub attempts: i32,
     /// When the next attempt is due.
+    #[oai(nullable)]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// HTTP status of the last attempt.
+    #[oai(nullable)]
     pub last_status: Option<i32>,
     /// Error of the last attempt.
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// When it succeeded.
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -95,6 +106,7 @@ pub struct EventList {
     /// The events.
     pub items: Vec<EventOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -17,8 +17,10 @@ pub struct HealthOut {
     /// `ok` or `unavailable`.
     pub status: String,
     /// The database's state (readiness only): `ok` or what failed.
+    #[oai(nullable)]
     pub database: Option<String>,
     /// The queue's state (readiness only): `ok` or what failed.
+    #[oai(nullable)]
     pub queue: Option<String>,
 }
 

@@ -29,12 +29,16 @@ pub struct SubscriptionIn {
     #[oai(validator(min_length = 1, max_length = 2048))]
     pub url: String,
     /// Event type patterns, e.g. `["jira:issue_*"]` (`*` matches any suffix).
+    #[oai(validator(min_items = 1, max_items = 100))]
     pub event_types: Vec<String>,
     /// Only events of this connection; unset: every connection of the company.
+    #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
     /// Extra conditions, e.g. `{"projectKeys": ["ENG"]}`.
+    #[oai(nullable)]
     pub filters: Option<serde_json::Value>,
 }
 
@@ -43,12 +47,16 @@ pub struct SubscriptionIn {
 #[oai(rename_all = "camelCase")]
 pub struct SubscriptionPatch {
     /// A new target URL (validated like at creation).
+    #[oai(nullable, validator(min_length = 1, max_length = 2048))]
     pub url: Option<String>,
     /// New event type patterns.
+    #[oai(nullable, validator(min_items = 1, max_items = 100))]
     pub event_types: Option<Vec<String>>,
     /// Enable (resumes its pending deliveries) or disable.
+    #[oai(nullable)]
     pub enabled: Option<bool>,
     /// New free text.
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
 }
 
@@ -63,16 +71,21 @@ pub struct SubscriptionOut {
     /// Event type patterns.
     pub event_types: serde_json::Value,
     /// The connection it is limited to, if any.
+    #[oai(nullable)]
     pub connection_id: Option<Uuid>,
     /// Free text.
+    #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
     /// Extra conditions.
+    #[oai(nullable)]
     pub filters: Option<serde_json::Value>,
     /// Whether events are delivered.
     pub enabled: bool,
     /// Why hookline disabled it, if it did.
+    #[oai(nullable)]
     pub disabled_reason: Option<String>,
     /// Since when its deliveries have been failing, if they are.
+    #[oai(nullable)]
     pub failing_since: Option<DateTime<Utc>>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -98,6 +111,7 @@ pub struct SubscriptionList {
     /// The subscriptions, oldest first.
     pub items: Vec<SubscriptionOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -57,8 +57,13 @@ impl WebhookApi {
     /// Jira posts events of one connection here. The body is recorded exactly as received and
     /// the answer is immediate; processing and delivery happen in the workers. When the
     /// connection has a webhook secret, `X-Hub-Signature: sha256=<hex>` (HMAC-SHA256 of the raw
-    /// body) is required. A delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the
-    /// same body without one) is answered with the earlier event id and `duplicate: true`.
+    /// body) is required; a signed body that is not one JSON object is refused with 400. A
+    /// delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the same body without
+    /// one) is answered with the earlier event id and `duplicate: true`.
+    ///
+    /// Each connection may send `HOOKLINE_INGEST_RATE_LIMIT` webhooks per second with bursts of
+    /// `HOOKLINE_INGEST_BURST`; over that the answer is 429 `rate_limited` with `Retry-After`
+    /// (whole seconds), which Jira honours and retries.
     #[oai(
         path = "/webhook/jira/:connection_id",
         method = "post",
@@ -91,6 +96,8 @@ fn error_outcome(error: &ApiError) -> &'static str {
         ApiError::NotFound(_) => "unknown_connection",
         ApiError::Unauthorized(_) => "bad_signature",
         ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::TooManyRequests(..) => "rate_limited",
+        ApiError::BadRequest(_) => "bad_body",
         ApiError::Unavailable(_) => "unavailable",
         _ => "error",
     }
@@ -127,6 +134,24 @@ async fn ingest(
             jira_webhook::verify_signature(secret.expose_secret(), &body, signature)
                 .map_err(|_| ApiError::unauthorized(error.to_string()))?;
         }
+    }
+
+    // After the signature (an unsigned flood must not spend the connection's budget), before
+    // anything is written.
+    if let Err(limited) = state.rate_limiter.check(connection.id) {
+        return Err(ApiError::rate_limited(
+            format!(
+                "connection {} sends webhooks faster than its limit; retry after {} s",
+                connection.id, limited.retry_after_secs
+            ),
+            limited.retry_after_secs,
+        ));
+    }
+
+    // Only what the worker can parse is accepted: a body it could not read would be recorded
+    // only to fail. Jira does not retry a 400, and a retry would not fix the body either.
+    if let Err(problem) = check_json_object(&body) {
+        return Err(ApiError::bad_request(problem));
     }
 
     let delivery_key =
@@ -187,6 +212,33 @@ async fn ingest(
         event_id,
         duplicate: false,
     })
+}
+
+/// Checks that `body` is one JSON object, as the worker's parser reads it (UTF-8, nested at
+/// most 128 levels deep); says what is wrong otherwise.
+fn check_json_object(body: &[u8]) -> Result<(), String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("the body is empty: a Jira webhook is a JSON object".to_owned());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(other) => Err(format!(
+            "the body is JSON {} but a Jira webhook is a JSON object",
+            json_kind(&other)
+        )),
+        Err(error) => Err(format!("the body is not valid JSON: {error}")),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn lookup_error(error: LookupError) -> ApiError {

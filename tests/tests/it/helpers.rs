@@ -358,3 +358,49 @@ pub async fn attempts(app: &TestApp, id: Uuid) -> Vec<entity::delivery_attempt::
 pub fn id_of(value: &serde_json::Value) -> Uuid {
     value["id"].as_str().expect("id").parse().expect("uuid")
 }
+
+/// Records an event with `body` directly (as a replay or an older version's ingest would have,
+/// bypassing ingest's checks) and pushes its `ProcessEvent`. Returns its id.
+pub async fn insert_received_event(
+    app: &TestApp,
+    connection: &serde_json::Value,
+    body: &[u8],
+) -> Uuid {
+    use sea_orm::ActiveValue::Set;
+    let connection_id = connection_id(connection);
+    let company_id = entity::plugin_connection::Entity::find_by_id(connection_id)
+        .one(&app.db)
+        .await
+        .expect("query")
+        .expect("connection")
+        .company_id;
+    let now = chrono::Utc::now();
+    let event_id = Uuid::now_v7();
+    webhook_event::Entity::insert(webhook_event::ActiveModel {
+        id: Set(event_id),
+        connection_id: Set(connection_id),
+        company_id: Set(company_id),
+        plugin_id: Set("jira".to_owned()),
+        delivery_key: Set(format!("test:{event_id}")),
+        received_at: Set(now),
+        headers: Set(serde_json::json!({})),
+        body: Set(body.to_vec()),
+        status: Set("received".to_owned()),
+        attempts: Set(0),
+        locked_until: Set(Some(now + chrono::Duration::seconds(2))),
+        event_type: Set(None),
+        data: Set(None),
+        error: Set(None),
+        processed_at: Set(None),
+        replay_of: Set(None),
+    })
+    .exec_without_returning(&app.db)
+    .await
+    .expect("insert event");
+    app.job_context
+        .queue
+        .push(worker::jobs::ProcessEvent { event_id })
+        .await
+        .expect("push ProcessEvent");
+    event_id
+}

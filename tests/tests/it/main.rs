@@ -1,19 +1,26 @@
 //! hookline's integration tests: one binary, every test on both backends.
 
 mod api;
+mod bad_input;
 mod delivery;
 mod embedded;
 mod enrichment;
 mod events;
 mod faults;
+mod fuzz_ingest;
 mod helpers;
 mod ingest;
 mod oauth;
 mod openapi;
 mod processing;
+mod rate_limit;
 mod scaling;
+mod schemathesis;
+mod secrets;
 mod soak;
+mod ssrf;
 mod subscriptions;
+mod tenant_isolation;
 mod token_manager;
 
 /// Generates, for each `async fn name(backend: Backend)`, a module `name` with two tests:

@@ -25,6 +25,7 @@ use uuid::Uuid;
 use crate::queue::Job;
 use crate::runner::JobContext;
 use crate::signature;
+use crate::storable;
 use crate::target::{self, ForbiddenTarget};
 
 /// Deliver one `delivery` row to its subscription's URL: a first attempt, or a manual retry.
@@ -496,7 +497,9 @@ async fn attempt(
         }
     }
     excerpt.truncate(EXCERPT_BYTES);
-    let excerpt = (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned());
+    // The subscriber's bytes, made storable (Postgres refuses NUL in text).
+    let excerpt = (!excerpt.is_empty())
+        .then(|| storable::text(&String::from_utf8_lossy(&excerpt)).into_owned());
     let error = if (200..300).contains(&status_code) {
         // A 2xx counts even when reading its body failed: the subscriber accepted it.
         None

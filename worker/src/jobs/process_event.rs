@@ -24,6 +24,7 @@ use crate::jobs::Deliver;
 use crate::matching::{EventFacts, matches};
 use crate::queue::Job;
 use crate::runner::JobContext;
+use crate::storable;
 
 /// Process one recorded webhook event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +135,8 @@ pub async fn run(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Outcome> {
         raw: &raw,
     };
     let data = serde_json::to_value(&data).context("could not serialise the processed event")?;
+    // A payload may carry `\u0000`, which Postgres cannot store.
+    let data = storable::json(data);
 
     let subscriptions = subscription::Entity::find_for_company(event.company_id)
         .filter(subscription::Column::Enabled.eq(true))
@@ -186,7 +189,7 @@ pub async fn run(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Outcome> {
         )
         .col_expr(
             webhook_event::Column::EventType,
-            Expr::value(parsed.event_type.clone()),
+            Expr::value(storable::text(&parsed.event_type).into_owned()),
         )
         .col_expr(webhook_event::Column::Data, Expr::value(data))
         .col_expr(
@@ -259,6 +262,8 @@ async fn finish_failed(
     event: &webhook_event::Model,
     error: String,
 ) -> anyhow::Result<Outcome> {
+    // Parse errors quote the payload, which may hold NUL characters.
+    let error = storable::text(&error).into_owned();
     let finished = webhook_event::Entity::update_many()
         .col_expr(webhook_event::Column::Status, Expr::value(status::FAILED))
         .col_expr(
