@@ -151,17 +151,24 @@ async fn main() -> anyhow::Result<()> {
         Mode::Drain(options) => ("drain", &options.common),
     };
     let fixture = common.fixture()?;
-    let stack = Stack::start(common.stack.clone()).await?;
+    let mut stack_options = common.stack.clone();
+    if matches!(cli.mode, Mode::Drain(_)) && stack_options.lease.is_none() {
+        // The backlog waits longer than the default 30 s lease: with it, the sweeper would
+        // enqueue every waiting event again, once per lease, while its first job still waits.
+        stack_options.lease = Some("15m".to_owned());
+    }
+    let stack = Stack::start(stack_options.clone()).await?;
     eprintln!(
         "run directory {} (logs, metrics, report)",
         stack.run_dir.display()
     );
     let mut report = Report::default();
     report.line(format!(
-        "hookline-bench {mode}: load average at start {}; worker concurrency {}; fixture {} bytes; \
-         enrichment {}",
+        "hookline-bench {mode}: load average at start {}; worker concurrency {}; lease {}; \
+         fixture {} bytes; enrichment {}",
         procstat::load_average(),
         common.stack.worker_concurrency,
+        stack_options.lease.as_deref().unwrap_or("30s (default)"),
         fixture.len(),
         if common.stack.no_enrichment {
             "off (connection without OAuth)"
@@ -221,6 +228,7 @@ async fn run_e2e(
         watch.reset_samples();
         let hz = procstat::clock_ticks_per_second();
         let before = watch.cpu_snapshot();
+        let counters = report::database_counters(&stack.db).await?;
         let load_average = procstat::load_average();
         eprintln!(
             "offering {} webhooks/s for {:?} (load average {load_average})",
@@ -233,6 +241,7 @@ async fn run_e2e(
         let waited = wait_for_deliveries(stack, accepted, options.grace, options.settle).await;
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
+        let counters_after = report::database_counters(&stack.db).await?;
 
         report.line(format!(
             "offered {} webhooks/s for {:.0} s (load average at the start of the window \
@@ -254,7 +263,9 @@ async fn run_e2e(
             .collect();
         latency_line(report, "generator lag (sent - scheduled)", "lag", &mut lag);
         delivery_section(report, &sent, &received);
+        report::status_section(report, &stack.db).await?;
         report::stage_section(report, &stack.db, since).await?;
+        report::database_section(report, &counters, &counters_after, received.per_event.len());
         report::cpu_section(report, &before, &after, hz);
         report::memory_section(report, &watch);
         metrics_section(report, stack).await;
@@ -299,9 +310,15 @@ async fn run_drain(
 
         // Let the API's last commits and pushes settle before the clock starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let promoted = stack.promote_scheduled_jobs("process_event").await?;
+        report.line(format!(
+            "moved {promoted} jobs from apalis-redis' scheduled set to the active list (a \
+             backlog over ~8,000 jobs otherwise makes every fetch fail: see BENCHMARKS.md)"
+        ));
         let load_average = procstat::load_average();
         let hz = procstat::clock_ticks_per_second();
         let before = watch.cpu_snapshot();
+        let counters = report::database_counters(&stack.db).await?;
         watch.reset_samples();
         eprintln!("starting one worker (load average {load_average})");
         let worker_started_at = chrono::Utc::now();
@@ -315,6 +332,7 @@ async fn run_drain(
         let drained = worker_started.elapsed();
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
+        let counters_after = report::database_counters(&stack.db).await?;
 
         let throughput = received.per_event.len() as f64 / drained.as_secs_f64();
         report.line(format!(
@@ -331,6 +349,8 @@ async fn run_drain(
         report.figure("drain_events_per_s", format!("{throughput:.0}"));
         drain_timeline(report, stack, worker_started_at, accepted).await?;
         delivery_section(report, &sent, &received);
+        report::status_section(report, &stack.db).await?;
+        report::database_section(report, &counters, &counters_after, received.per_event.len());
         report::cpu_section(report, &before, &after, hz);
         report::memory_section(report, &watch);
         metrics_section(report, stack).await;
@@ -357,7 +377,7 @@ fn watch_processes(watch: &Watch, stack: &Stack) {
         watch.add("worker (hookline worker)", worker.pid);
     }
     watch.add(
-        "hookline-bench (load, fakes, subscriber)",
+        "bench (load generator, fakes, subscriber)",
         std::process::id(),
     );
 }
@@ -450,7 +470,8 @@ fn delivery_section(report: &mut Report, sent: &[Sent], received: &subscriber::R
     report.line(format!(
         "delivered: {} deliveries of {} distinct events; lost {lost}; duplicated {duplicated}; \
          not accepted by ingest but delivered {unexpected}; payload of another event {wrong_seq}; \
-         bad signatures {}; unparsable {}",
+         bad signatures {}; unparsable {} (lost = accepted but not delivered within the grace \
+         period)",
         received.arrivals.len(),
         received.per_event.len(),
         received.bad_signatures,

@@ -255,3 +255,85 @@ pub fn histogram_means(report: &mut Report, process: &str, metrics: &str) {
         }
     }
 }
+
+/// The run database's activity counters (`pg_stat_database`): commits, rows read and written.
+pub async fn database_counters(db: &DatabaseConnection) -> anyhow::Result<Vec<(String, i64)>> {
+    let names = [
+        "xact_commit",
+        "tup_returned",
+        "tup_fetched",
+        "tup_inserted",
+        "tup_updated",
+    ];
+    let sql = format!(
+        "SELECT {} FROM pg_stat_database WHERE datname = current_database()",
+        names
+            .map(|name| format!("{name}::bigint AS {name}"))
+            .join(", ")
+    );
+    let row = db
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .context("reading pg_stat_database")?
+        .context("no pg_stat_database row for the run's database")?;
+    names
+        .iter()
+        .map(|name| {
+            let value: i64 = row
+                .try_get("", name)
+                .with_context(|| format!("reading {name}"))?;
+            Ok(((*name).to_owned(), value))
+        })
+        .collect()
+}
+
+/// Per-event database work between two [`database_counters`] readings.
+pub fn database_section(
+    report: &mut Report,
+    before: &[(String, i64)],
+    after: &[(String, i64)],
+    events: usize,
+) {
+    let per_event = before
+        .iter()
+        .zip(after)
+        .map(|((name, start), (_, end))| {
+            let value = (end - start) as f64 / events.max(1) as f64;
+            report.figure(&format!("pg_{name}_per_event"), format!("{value:.1}"));
+            format!("{name} {value:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    report.line(format!(
+        "Postgres work per delivered event (pg_stat_database of the run's database, API + \
+         worker): {per_event}"
+    ));
+}
+
+/// Where the events and deliveries are at the end (a missing event still in the backlog is
+/// late, not lost by hookline).
+pub async fn status_section(report: &mut Report, db: &DatabaseConnection) -> anyhow::Result<()> {
+    for table in ["webhook_event", "delivery"] {
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT status, count(*)::bigint AS n FROM {table} GROUP BY status \
+                     ORDER BY status"
+                ),
+            ))
+            .await
+            .with_context(|| format!("counting {table} rows by status"))?;
+        let mut counts = Vec::new();
+        for row in rows {
+            let status: String = row.try_get("", "status").context("reading status")?;
+            let n: i64 = row.try_get("", "n").context("reading n")?;
+            counts.push(format!("{status} {n}"));
+        }
+        report.line(format!(
+            "{table} rows by status at the end: {}",
+            counts.join(", ")
+        ));
+    }
+    Ok(())
+}

@@ -49,6 +49,12 @@ pub struct StackOptions {
     #[arg(long, env = "BENCH_RUST_LOG", default_value = "warn")]
     pub rust_log: String,
 
+    /// `HOOKLINE_LEASE` of the processes (also the grace a fresh event's job gets before the
+    /// sweeper enqueues it again). Unset: hookline's default (30s) for `e2e`, 15m for `drain`,
+    /// whose backlog waits longer than 30 s by design.
+    #[arg(long, env = "BENCH_LEASE")]
+    pub lease: Option<String>,
+
     /// Use a connection without OAuth (`POST /api/v1/connections`): enrichment is `skipped`.
     /// Default: connect through the fake Atlassian's OAuth flow, so events are enriched.
     #[arg(long, env = "BENCH_NO_ENRICHMENT")]
@@ -174,6 +180,10 @@ impl Stack {
             ("ATLASSIAN_API_URL", fake.url.clone()),
             ("RUST_LOG", options.rust_log.clone()),
         ];
+        let mut environment = environment;
+        if let Some(lease) = &options.lease {
+            environment.push(("HOOKLINE_LEASE", lease.clone()));
+        }
         let db = Database::connect(&database_url)
             .await
             .with_context(|| format!("connecting to the run's database {database}"))?;
@@ -236,6 +246,73 @@ impl Stack {
         self.worker = Some(worker);
         let metrics = format!("http://{}/metrics", self.metrics_addr);
         self.wait_until_up(&metrics).await
+    }
+
+    /// Moves every due job of `queue` from apalis-redis' scheduled set to its active list, in
+    /// chunks of 1,000; returns how many were moved.
+    ///
+    /// This is step 1 of apalis-redis 1.0's `fetch_next.lua`, which does it in one `RPUSH` with
+    /// `unpack(ids)`: with more than about 8,000 due jobs (a backlog built while no worker
+    /// fetched) Lua's `unpack` fails ("too many results to unpack"), every fetch of the queue
+    /// fails, and the worker never starts on it. Every push lands in the scheduled set (apalis
+    /// schedules "now" jobs at the current time), so the drain benchmark's backlog has to be
+    /// promoted like this before a worker can drain it.
+    pub async fn promote_scheduled_jobs(&self, queue: &str) -> anyhow::Result<usize> {
+        let client = redis::Client::open(self.options.redis_url.as_str())
+            .with_context(|| format!("Redis URL {}", self.options.redis_url))?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting to Redis")?;
+        let base = format!("{}:{queue}", self.queue_prefix);
+        let (scheduled, active, signal) = (
+            format!("{base}:scheduled"),
+            format!("{base}:active"),
+            format!("{base}:signal"),
+        );
+        let now = chrono::Utc::now().timestamp();
+        let mut moved = 0;
+        loop {
+            let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&scheduled)
+                .arg(0)
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("reading {scheduled}"))?;
+            if ids.is_empty() {
+                break;
+            }
+            redis::pipe()
+                .atomic()
+                .cmd("RPUSH")
+                .arg(&active)
+                .arg(&ids)
+                .ignore()
+                .cmd("ZREM")
+                .arg(&scheduled)
+                .arg(&ids)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .with_context(|| format!("moving jobs from {scheduled} to {active}"))?;
+            moved += ids.len();
+        }
+        redis::pipe()
+            .cmd("DEL")
+            .arg(&signal)
+            .ignore()
+            .cmd("LPUSH")
+            .arg(&signal)
+            .arg(1)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .with_context(|| format!("signalling {signal}"))?;
+        Ok(moved)
     }
 
     /// The worker's `/metrics` text now.
