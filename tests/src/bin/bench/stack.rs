@@ -547,12 +547,16 @@ fn rand_key() -> Vec<u8> {
         .collect()
 }
 
-/// The URL of database `name` on the server of `admin_url`.
+/// The URL of database `name` on the server of `admin_url`, with the same query string
+/// (`?sslmode=disable` and the like).
 fn database_url(admin_url: &str, name: &str) -> String {
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url, |(base, _)| base);
-    format!("{base}/{name}")
+    let (url, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    if query.is_empty() {
+        format!("{base}/{name}")
+    } else {
+        format!("{base}/{name}?{query}")
+    }
 }
 
 async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<String> {
