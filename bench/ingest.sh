@@ -48,6 +48,7 @@ for c in 16 64; do run "hookline serve" "http://127.0.0.1:18080/webhook/jira/$ID
 kill "$PID"; wait "$PID" 2>/dev/null || true
 
 HOOKLINE_LISTEN=127.0.0.1:18081 "$BIN/ingest-insert-only" & PID=$!
-sleep 1
+# It has no /healthz: wait until it answers at all (404 for an unknown path).
+for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18081/ && break; sleep 0.1; done
 for c in 16 64; do run "insert only (no push)" "http://127.0.0.1:18081/webhook/jira/$ID" "$c"; done
 psql -qtA -h 127.0.0.1 -U postgres -d "$DB" -c "SELECT 'events stored: ' || count(*) FROM webhook_event"
