@@ -24,6 +24,8 @@ trap cleanup EXIT
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" REDIS_URL="redis://127.0.0.1:6379"
 export HOOKLINE_ENCRYPTION_KEY="$(head -c 32 /dev/urandom | base64)" HOOKLINE_ADMIN_TOKEN="bench-admin"
 export HOOKLINE_QUEUE_PREFIX="bench-$$" HOOKLINE_LISTEN="127.0.0.1:18080" RUST_LOG=warn
+# One connection takes the whole offered load: the per-connection rate limit is off.
+export HOOKLINE_INGEST_RATE_LIMIT=0
 "$BIN/hookline" migrate
 
 wait_up() { for _ in $(seq 1 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not up: $1"; exit 1; }

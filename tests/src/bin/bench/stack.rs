@@ -167,6 +167,8 @@ impl Stack {
             ("HOOKLINE_ENCRYPTION_KEY", key),
             ("HOOKLINE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
             ("HOOKLINE_ALLOW_PRIVATE_TARGETS", "true".to_owned()),
+            // One connection takes the whole offered load: the per-connection limit is off.
+            ("HOOKLINE_INGEST_RATE_LIMIT", "0".to_owned()),
             (
                 "HOOKLINE_WORKER_CONCURRENCY",
                 options.worker_concurrency.to_string(),
