@@ -1,4 +1,6 @@
-//! The janitor: removes finished jobs from the queue backend.
+//! The janitor: keeps the queue backend healthy. It promotes due jobs in bounded chunks (see
+//! [`crate::queue::JobQueue::promote_due`]: apalis-redis cannot promote more than about 8,000
+//! at once) and removes finished jobs.
 //!
 //! apalis keeps every finished job forever (in Redis: set members, the payload and a metadata
 //! hash per job; in SQLite: a row). The database is the source of truth of every event and
@@ -15,8 +17,12 @@ const BATCH: usize = 1_000;
 /// Most statements per queue and round, so one round stays short after a long outage.
 const MAX_BATCHES_PER_ROUND: usize = 20;
 
-/// Removes the finished jobs of every queue. Returns how many were removed.
+/// Promotes due jobs and removes the finished jobs of every queue. Returns how many finished
+/// jobs were removed.
 pub async fn clean_once(ctx: &JobContext) -> anyhow::Result<u64> {
+    promote_queue::<ProcessEvent>(ctx).await?;
+    promote_queue::<Deliver>(ctx).await?;
+    promote_queue::<DeliverRetry>(ctx).await?;
     let mut removed = clean_queue::<ProcessEvent>(ctx).await?;
     removed += clean_queue::<Deliver>(ctx).await?;
     removed += clean_queue::<DeliverRetry>(ctx).await?;
@@ -36,4 +42,16 @@ async fn clean_queue<J: Job>(ctx: &JobContext) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Promotes the due jobs of one queue, [`BATCH`] at a time.
+async fn promote_queue<J: Job>(ctx: &JobContext) -> anyhow::Result<u64> {
+    let mut total = 0;
+    loop {
+        let moved = ctx.queue.promote_due::<J>(BATCH).await?;
+        total += moved;
+        if moved < BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }

@@ -27,6 +27,20 @@ end
 return removed
 ";
 
+/// Moves up to `ARGV[2]` due jobs (score ≤ `ARGV[1]`, Unix seconds) of an apalis-redis queue
+/// from its `scheduled` set (KEYS[1]) to its `active` list (KEYS[2]) and signals (KEYS[3]) that
+/// jobs are waiting, as apalis' own fetch does, but a bounded number at a time.
+const PROMOTE_DUE_LUA: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], 0, ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('DEL', KEYS[3])
+  redis.call('LPUSH', KEYS[3], 1)
+end
+return #ids
+";
+
 /// Jobs of one queue waiting to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
@@ -179,6 +193,36 @@ impl JobQueue {
                 })
             }
         }
+    }
+
+    /// Moves up to `limit` due jobs of `J` from apalis-redis' scheduled set to its active list;
+    /// returns how many (the SQLite queue needs nothing: always 0).
+    ///
+    /// apalis-redis 1.0 puts every pushed job in the scheduled set, and its fetch promotes all
+    /// due ones with a single Lua `unpack`, which fails above about 8,000 ids ("too many results
+    /// to unpack"): a backlog built while no worker fetched (workers down, a burst) would make
+    /// every fetch of the queue fail for good. Promoting in bounded chunks first keeps the set
+    /// small enough for apalis' fetch.
+    pub async fn promote_due<J: Job>(&self, limit: usize) -> anyhow::Result<u64> {
+        let Self::Redis { conn, .. } = self else {
+            return Ok(0);
+        };
+        let queue = self.queue_name::<J>();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut conn = conn.clone();
+        let moved: u64 = redis::Script::new(PROMOTE_DUE_LUA)
+            .key(format!("{queue}:scheduled"))
+            .key(format!("{queue}:active"))
+            .key(format!("{queue}:signal"))
+            .arg(now)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await
+            .with_context(|| format!("could not promote due jobs of {queue}"))?;
+        Ok(moved)
     }
 
     /// Deletes up to `limit` finished jobs of `J` from the queue backend and returns how many.

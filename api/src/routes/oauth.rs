@@ -191,6 +191,19 @@ impl OAuthApi {
         }
 
         let txn = state.db.begin().await?;
+        if state.db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
+            // SQLite: take the database's write lock first. A transaction that reads and then
+            // writes cannot wait for a writer that came in between: SQLite answers "database
+            // is locked" at once. A first write waits (busy timeout) like any other writer.
+            entity::company::Entity::update_many()
+                .col_expr(
+                    entity::company::Column::Id,
+                    Expr::col(entity::company::Column::Id),
+                )
+                .filter(entity::company::Column::Id.eq(company_id))
+                .exec(&txn)
+                .await?;
+        }
         let mut connections = Vec::with_capacity(sites.len());
         for site in &sites {
             connections.push(store_site(&state, &txn, company_id, site, &tokens).await?);

@@ -171,7 +171,7 @@ pub async fn lose_queued_jobs(env: &TestEnv, app: &TestApp) {
     }
 }
 
-async fn redis_connection(env: &TestEnv) -> redis::aio::MultiplexedConnection {
+pub async fn redis_connection(env: &TestEnv) -> redis::aio::MultiplexedConnection {
     let url = env.redis_url.as_deref().expect("redis url");
     redis::Client::open(url)
         .expect("redis url")

@@ -15,6 +15,7 @@ on_both_backends!(
     the_same_event_run_by_two_workers_at_once_is_processed_once,
     a_body_that_is_not_json_is_kept_and_marked_failed,
     a_worker_that_died_holding_a_claim_is_taken_over_after_its_lease,
+    a_backlog_larger_than_apalis_can_promote_at_once_is_promoted_in_chunks,
 );
 
 async fn post_fixture(app: &tests::TestApp, name: &str) -> Uuid {
@@ -191,4 +192,43 @@ mod backlog_gauges_are_sampled_from_the_database {
     async fn postgres_redis() {
         super::backlog_gauges_are_sampled_from_the_database(tests::Backend::PostgresRedis).await
     }
+}
+
+/// apalis-redis promotes every due job with one Lua `unpack`, which fails above ~8,000 ids; a
+/// backlog built while no worker ran must still reach the workers. The janitor promotes due
+/// jobs in chunks of 1,000 first.
+async fn a_backlog_larger_than_apalis_can_promote_at_once_is_promoted_in_chunks(backend: Backend) {
+    if backend != Backend::PostgresRedis {
+        return; // the SQLite queue has no scheduled set to promote
+    }
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let ctx = app.job_context.clone();
+    let queue = format!("{}:process_event", env.queue_prefix);
+    let mut conn = redis_connection(&env).await;
+    // 9,000 waiting jobs, written straight into the scheduled set as apalis' push does.
+    let mut pipe = redis::pipe();
+    for i in 0..9_000u32 {
+        pipe.cmd("ZADD")
+            .arg(format!("{queue}:scheduled"))
+            .arg(0)
+            .arg(format!("job-{i}"))
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.expect("ZADD");
+
+    worker::janitor::clean_once(&ctx).await.expect("janitor");
+
+    let (scheduled, active): (u64, u64) = redis::pipe()
+        .cmd("ZCARD")
+        .arg(format!("{queue}:scheduled"))
+        .cmd("LLEN")
+        .arg(format!("{queue}:active"))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD/LLEN");
+    assert_eq!((scheduled, active), (0, 9_000));
+    app.stop().await;
+    env.cleanup().await;
 }
