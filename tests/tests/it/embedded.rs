@@ -273,60 +273,9 @@ async fn an_event_accepted_before_a_kill_9_is_delivered_after_a_restart() {
     let mut first = Process::start(dir.path(), &[], &listen, &log);
     wait_healthy(&base).await;
 
-    let secrets: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join(".hookline/secrets.json")).expect("secrets file"),
-    )
-    .expect("json");
-    let admin = secrets["adminToken"].as_str().expect("adminToken");
-    let client = reqwest::Client::new();
-    let company: serde_json::Value = client
-        .post(format!("{base}/api/v1/companies"))
-        .bearer_auth(admin)
-        .json(&serde_json::json!({"name": "Northwind"}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
-    let key = company["apiKey"].as_str().expect("apiKey");
-    let connection: serde_json::Value = client
-        .post(format!("{base}/api/v1/connections"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"pluginId": "jira", "externalId": "northwind.atlassian.net", "externalName": "Northwind"}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
     let subscriber = FakeSubscriber::start(Reply::Status(200)).await;
-    let subscription = client
-        .post(format!("{base}/api/v1/subscriptions"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"url": subscriber.url, "eventTypes": ["*"]}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        subscription.status(),
-        201,
-        "private targets are allowed in the embedded mode"
-    );
-
-    let body = fixtures::bytes("webhook_issue_created.json");
-    let secret = connection["webhookSecret"].as_str().expect("secret");
-    let response = client
-        .post(connection["webhookUrl"].as_str().expect("url"))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature",
-            plugins::jira::webhook::sign(secret.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("request");
+    let connection = subscribed_connection(dir.path(), &base, &subscriber.url).await;
+    let response = post_signed_fixture(&connection).await;
     assert_eq!(response.status(), 200);
     first.kill();
     let out: serde_json::Value = response.json().await.expect("json");
@@ -363,56 +312,10 @@ async fn sigterm_lets_an_in_flight_delivery_finish_and_exits_cleanly() {
         &log,
     );
     wait_healthy(&base).await;
-    let secrets: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join(".hookline/secrets.json")).expect("secrets file"),
-    )
-    .expect("json");
-    let client = reqwest::Client::new();
-    let company: serde_json::Value = client
-        .post(format!("{base}/api/v1/companies"))
-        .bearer_auth(secrets["adminToken"].as_str().expect("adminToken"))
-        .json(&serde_json::json!({"name": "Northwind"}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
-    let key = company["apiKey"].as_str().expect("apiKey");
-    let connection: serde_json::Value = client
-        .post(format!("{base}/api/v1/connections"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"pluginId": "jira", "externalId": "northwind.atlassian.net", "externalName": "Northwind"}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
     // A slow subscriber: the delivery is still in flight when SIGTERM arrives.
     let subscriber = FakeSubscriber::start(Reply::Hang(Duration::from_secs(3))).await;
-    let subscription = client
-        .post(format!("{base}/api/v1/subscriptions"))
-        .bearer_auth(key)
-        .json(&serde_json::json!({"url": subscriber.url, "eventTypes": ["*"]}))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(subscription.status(), 201);
-
-    let body = fixtures::bytes("webhook_issue_created.json");
-    let secret = connection["webhookSecret"].as_str().expect("secret");
-    let response = client
-        .post(connection["webhookUrl"].as_str().expect("url"))
-        .header("content-type", "application/json")
-        .header(
-            "x-hub-signature",
-            plugins::jira::webhook::sign(secret.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .expect("request");
+    let connection = subscribed_connection(dir.path(), &base, &subscriber.url).await;
+    let response = post_signed_fixture(&connection).await;
     assert_eq!(response.status(), 200);
     wait_until(
         Duration::from_secs(30),
@@ -456,4 +359,65 @@ async fn sigterm_lets_an_in_flight_delivery_finish_and_exits_cleanly() {
     assert_eq!(subscriber.requests().len(), 1);
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(log.contains("shutdown signal received"), "{log}");
+}
+
+/// Creates a company (with the generated admin token in `dir`), a Jira connection and a
+/// subscription of `subscriber_url` to every event; returns the connection as the API answered.
+async fn subscribed_connection(dir: &Path, base: &str, subscriber_url: &str) -> serde_json::Value {
+    let secrets: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(".hookline/secrets.json")).expect("secrets file"),
+    )
+    .expect("json");
+    let client = reqwest::Client::new();
+    let company: serde_json::Value = client
+        .post(format!("{base}/api/v1/companies"))
+        .bearer_auth(secrets["adminToken"].as_str().expect("adminToken"))
+        .json(&serde_json::json!({"name": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let key = company["apiKey"].as_str().expect("apiKey");
+    let connection: serde_json::Value = client
+        .post(format!("{base}/api/v1/connections"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"pluginId": "jira", "externalId": "northwind.atlassian.net", "externalName": "Northwind"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let subscription = client
+        .post(format!("{base}/api/v1/subscriptions"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"url": subscriber_url, "eventTypes": ["*"]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        subscription.status(),
+        201,
+        "private targets are allowed in the embedded mode"
+    );
+    connection
+}
+
+/// Posts the `webhook_issue_created.json` fixture to the connection, signed as Jira signs it.
+async fn post_signed_fixture(connection: &serde_json::Value) -> reqwest::Response {
+    let body = fixtures::bytes("webhook_issue_created.json");
+    let secret = connection["webhookSecret"].as_str().expect("secret");
+    reqwest::Client::new()
+        .post(connection["webhookUrl"].as_str().expect("url"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature",
+            plugins::jira::webhook::sign(secret.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .expect("request")
 }
