@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/hookline-target}"
 DURATION="${DURATION:-10s}"
-FIXTURE="${FIXTURE:-../shared/fixtures/jira/webhook_issue_created.json}"
+FIXTURE="${FIXTURE:-fixtures/jira/webhook_issue_created.json}"
 cargo build --release -q -p api -p tests --bins
 BIN="$CARGO_TARGET_DIR/release"
 

@@ -1,4 +1,4 @@
-//! The Jira fixtures of `../shared/fixtures/jira` (override with `HOOKLINE_FIXTURES_DIR`).
+//! The Jira fixtures copied into the repository, `fixtures/jira` (override with `HOOKLINE_FIXTURES_DIR`).
 
 use std::path::PathBuf;
 
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub fn dir() -> PathBuf {
     match std::env::var_os("HOOKLINE_FIXTURES_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/jira"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/jira"),
     }
 }
 

@@ -331,7 +331,7 @@ mod tests {
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/fixtures/jira")
+            .join("../fixtures/jira")
             .join(name);
         std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
     }
@@ -588,7 +588,7 @@ mod tests {
             let _ = parse(&serde_json::to_vec(&value).expect("serialises"));
         }
         let fixtures: Vec<Value> = std::fs::read_dir(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/jira"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/jira"),
         )
         .expect("fixtures")
         .filter_map(|entry| entry.ok())
