@@ -118,11 +118,7 @@ fn the_alert_rules_query_only_exported_metrics() {
 /// The `hookline_*` and `process_*` names in PromQL text (label values in quotes, such as
 /// `stage="process_event"`, are not names).
 fn metric_names(promql: &str) -> BTreeSet<String> {
-    let promql: String = promql
-        .split('"')
-        .step_by(2)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let promql: String = promql.split('"').step_by(2).collect::<Vec<_>>().join(" ");
     let promql = promql.as_str();
     let mut names = BTreeSet::new();
     for prefix in ["hookline_", "process_"] {
