@@ -2,6 +2,7 @@
 
 mod api;
 mod bad_input;
+mod check;
 mod delivery;
 mod deploy;
 mod embedded;
@@ -20,6 +21,7 @@ mod retention;
 mod scaling;
 mod schemathesis;
 mod secrets;
+mod self_contained;
 mod soak;
 mod ssrf;
 mod subscriptions;
