@@ -5,12 +5,14 @@
 
 pub mod allow;
 pub mod auth;
+pub mod body_budget;
 pub mod body_guard;
 pub mod config;
 pub mod connection_cache;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
+pub mod json_object;
 pub mod payload;
 pub mod rate_limit;
 pub mod routes;
@@ -18,5 +20,6 @@ pub mod sink;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod webhook_body;
 
 pub use startup::{Application, Role, openapi_spec};

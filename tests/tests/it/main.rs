@@ -10,6 +10,7 @@ mod faults;
 mod fuzz_ingest;
 mod helpers;
 mod ingest;
+mod ingest_guards;
 mod oauth;
 mod openapi;
 mod processing;
