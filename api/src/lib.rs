@@ -5,6 +5,7 @@
 
 pub mod allow;
 pub mod auth;
+pub mod body_budget;
 pub mod body_guard;
 pub mod check;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod connection_cache;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
+pub mod json_object;
 pub mod metrics_catalog;
 pub mod payload;
 pub mod process_metrics;
@@ -21,5 +23,6 @@ pub mod sink;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod webhook_body;
 
 pub use startup::{Application, Role, openapi_spec};
