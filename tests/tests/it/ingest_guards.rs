@@ -156,30 +156,39 @@ async fn past_the_cap_on_body_bytes_webhooks_get_503_with_retry_after_and_none_a
     let body = fixtures::bytes("webhook_issue_created.json");
     assert!(body.len() * 2 <= CAP && body.len() * 3 > CAP);
 
-    // Two senders declare 6 KiB each and stall: 12 KiB of the 16 are held.
-    let stalled = [
-        stalled_request(&app, &path_of(&url), 6 * 1024, b"{").await,
-        stalled_request(&app, &path_of(&url), 6 * 1024, b"{").await,
-    ];
-    // Until both stalled requests have reached ingest, a probe may still be accepted.
-    let accepted_probes = std::sync::atomic::AtomicU64::new(0);
-    let sequence = std::sync::atomic::AtomicU64::new(0);
-    let response = wait_until(
-        Duration::from_secs(30),
-        "a webhook is refused for the held bytes",
-        || async {
-            let n = sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let identifier = format!("probe-{n}");
-            let response =
-                post_webhook(&app, &url, &body, secret.as_deref(), Some(&identifier)).await;
-            if response.status() == 200 {
-                accepted_probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return None;
+    // One webhook first, so the stalled senders below find the connection in the cache and do
+    // not depend on a database read (on a busy shared Postgres one may fail, and answer them).
+    let warm = post_webhook(&app, &url, &body, secret.as_deref(), Some("warm")).await;
+    assert_eq!(warm.status(), 200);
+    // Two senders declare 6 KiB each and stall: 12 KiB of the 16 are held. A probe in flight
+    // while a sender arrives can crowd it out (it is answered 503 busy): such a sender is
+    // replaced until both hold their bytes and a probe is refused.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        stalled.push(stalled_request(&app, &path_of(&url), 6 * 1024, b"{").await);
+    }
+    let mut accepted_probes = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let response = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no webhook was refused for the held bytes within 30 s"
+        );
+        for staller in &mut stalled {
+            let mut answer = [0u8; 512];
+            if staller.try_read(&mut answer).is_ok() {
+                *staller = stalled_request(&app, &path_of(&url), 6 * 1024, b"{").await;
             }
-            Some(response)
-        },
-    )
-    .await;
+        }
+        let identifier = format!("probe-{accepted_probes}");
+        let response = post_webhook(&app, &url, &body, secret.as_deref(), Some(&identifier)).await;
+        if response.status() != 200 {
+            break response;
+        }
+        accepted_probes += 1;
+        // The poll interval of a bounded wait.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(response.status(), 503);
     assert_eq!(
         response
@@ -237,9 +246,8 @@ async fn past_the_cap_on_body_bytes_webhooks_get_503_with_retry_after_and_none_a
         "refusals during the burst: {}",
         refusals.iter().sum::<usize>()
     );
-    // The probes accepted before the stall took hold, "after" and the 40.
-    let probes = accepted_probes.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(event_count(&app, id).await, probes + 41);
+    // "warm", the probes accepted before the stall took hold, "after" and the 40.
+    assert_eq!(event_count(&app, id).await, accepted_probes + 42);
     app.stop().await;
     env.cleanup().await;
 }
@@ -380,8 +388,9 @@ async fn hostile_json_gets_the_verdict_of_the_workers_parser(backend: Backend) {
     }
     assert!(accepted.len() >= 5, "both verdicts are exercised");
     for (case, event_id) in accepted {
-        // The status alone: the stored envelope of the deepest body nests one level deeper
-        // than serde_json reads back (see BENCHMARKS.md, findings).
+        // The status alone: the stored `data` of the 127-level body (the body inside the
+        // envelope) nests deeper than serde_json reads back, so the whole row does not load
+        // (a worker-side limit to fix; ingest accepts what the worker's parser accepts).
         let status = wait_until(Duration::from_secs(20), "the event is terminal", || async {
             let status = status_of(&app, event_id).await;
             (status != "received" && status != "processing").then_some(status)
