@@ -6,6 +6,7 @@
 pub mod allow;
 pub mod auth;
 pub mod body_guard;
+pub mod check;
 pub mod config;
 pub mod connect_flow;
 pub mod connection_cache;
@@ -13,7 +14,9 @@ pub mod consent;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
+pub mod metrics_catalog;
 pub mod payload;
+pub mod process_metrics;
 pub mod rate_limit;
 pub mod routes;
 pub mod sink;

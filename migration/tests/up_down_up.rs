@@ -17,7 +17,7 @@ use uuid::Uuid;
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Every table the migrations create, parents first.
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "company",
     "api_key",
     "plugin_connection",
@@ -27,6 +27,7 @@ const TABLES: [&str; 9] = [
     "subscription",
     "delivery",
     "delivery_attempt",
+    "periodic_task",
 ];
 
 #[tokio::test]
@@ -269,8 +270,17 @@ async fn assert_column_types(db: &DatabaseConnection) {
     }
 }
 
-/// The version before grants existed: `oauth_credential` rows, one per connection.
-const BEFORE_GRANTS: u32 = 2;
+/// How many migrations come before grants existed (`oauth_credential` rows, one per
+/// connection).
+fn before_grants() -> u32 {
+    let position = Migrator::migrations()
+        .iter()
+        .position(|migration| {
+            migration.name() == "m20261201_143000_move_oauth_credentials_into_grants"
+        })
+        .expect("the grants migration is listed");
+    u32::try_from(position).expect("a small number")
+}
 
 /// Three connections of one company at the version before grants: two whose credentials one
 /// consent wrote (same tokens, so the same expiry and scope; different ciphertexts, as every
@@ -278,7 +288,7 @@ const BEFORE_GRANTS: u32 = 2;
 async fn credentials_become_grants(db: &DatabaseConnection) -> Result<(), DbErr> {
     use sea_orm::sea_query::{Alias, Query};
     let schema = SchemaManager::new(db);
-    Migrator::up(db, Some(BEFORE_GRANTS)).await?;
+    Migrator::up(db, Some(before_grants())).await?;
     assert!(schema.has_table("oauth_credential").await?);
 
     let now = Utc::now().trunc_subsecs(6);

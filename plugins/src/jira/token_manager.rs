@@ -543,7 +543,8 @@ impl TokenManager {
             }
             Ok(false) => {
                 // A new consent replaced the tokens meanwhile: they are the ones to use.
-                count("superseded");
+                // Atlassian did refresh; the pair is just not the one kept.
+                count("success");
                 tracing::info!(grant.id = %grant.id, "the grant changed while it was refreshed");
                 let current = self.read_grant(grant.id).await?;
                 if current.status == oauth_grant::status::REAUTH_REQUIRED {

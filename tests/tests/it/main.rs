@@ -2,7 +2,9 @@
 
 mod api;
 mod bad_input;
+mod check;
 mod delivery;
+mod deploy;
 mod embedded;
 mod enrichment;
 mod events;
@@ -11,13 +13,16 @@ mod fuzz_ingest;
 mod grants;
 mod helpers;
 mod ingest;
+mod metrics;
 mod oauth;
 mod openapi;
 mod processing;
 mod rate_limit;
+mod retention;
 mod scaling;
 mod schemathesis;
 mod secrets;
+mod self_contained;
 mod soak;
 mod ssrf;
 mod subscriptions;
