@@ -28,6 +28,7 @@ on_both_backends!(
     a_refresh_token_of_unknown_outcome_is_not_sent_again_after_the_leeway,
     an_unreachable_token_endpoint_leaves_the_refresh_token_unused,
     a_lease_held_by_another_process_is_waited_for_and_taken_over_once_expired,
+    a_rotated_pair_the_database_did_not_take_is_kept_and_saved_later,
     the_token_keeper_refreshes_idle_grants_once,
 );
 
@@ -54,7 +55,20 @@ async fn process_with(
     auth_url: &str,
     policy: RefreshPolicy,
 ) -> JiraClient {
-    let db = api::startup::connect_database(&env.settings())
+    process_on(&env.settings().database_url, env, fake, auth_url, policy).await
+}
+
+/// A "process" whose database is at `database_url` (e.g. behind a proxy a test cuts).
+async fn process_on(
+    database_url: &str,
+    env: &TestEnv,
+    fake: &FakeAtlassian,
+    auth_url: &str,
+    policy: RefreshPolicy,
+) -> JiraClient {
+    let mut settings = env.settings();
+    settings.database_url = database_url.to_owned();
+    let db = api::startup::connect_database(&settings)
         .await
         .expect("database");
     let http = plugins::jira::oauth::http_client().expect("client");
@@ -522,4 +536,104 @@ async fn the_token_keeper_refreshes_idle_grants_once(backend: Backend) {
 
     app.stop().await;
     env.cleanup().await;
+}
+
+async fn a_rotated_pair_the_database_did_not_take_is_kept_and_saved_later(backend: Backend) {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let Some((fake, env, app, id)) = connected(backend).await else {
+        return;
+    };
+    // Postgres goes away behind a proxy; SQLite stays locked by another writer for longer than
+    // the busy timeout.
+    let proxy = match backend {
+        Backend::PostgresRedis => {
+            Some(tests::proxy::TcpProxy::start("127.0.0.1:5432".parse().expect("address")).await)
+        }
+        Backend::Embedded => None,
+    };
+    let database_url = match &proxy {
+        Some(proxy) => env
+            .database_url
+            .replace("127.0.0.1:5432", &proxy.addr.to_string()),
+        None => env.database_url.clone(),
+    };
+    let client = process_on(
+        &database_url,
+        &env,
+        &fake,
+        &fake.url,
+        RefreshPolicy::default(),
+    )
+    .await;
+    fake.set_token_delay(Duration::from_millis(500));
+    expire_in_database(&app.db).await;
+    let refresh = tokio::spawn({
+        let client = client.clone();
+        async move { client.tokens().access_token(id).await }
+    });
+    wait_until_token_requests(&fake, 2).await;
+    // The lease is taken and Atlassian is rotating: now the database fails.
+    let lock = match &proxy {
+        Some(proxy) => {
+            proxy.cut();
+            None
+        }
+        None => {
+            let txn = app.db.begin().await.expect("begin");
+            txn.execute_unprepared("UPDATE company SET name = name")
+                .await
+                .expect("take the write lock");
+            Some(txn)
+        }
+    };
+    let token = refresh
+        .await
+        .expect("task")
+        .expect("the rotated access token is handed out although it was not saved");
+    assert_eq!(fake.refreshes(), 1);
+    assert_eq!(
+        grant_of(&app.db, id).await.token_version,
+        1,
+        "not saved yet"
+    );
+
+    // The database is back: the kept pair is saved (in the background), not refreshed again.
+    match (&proxy, lock) {
+        (Some(proxy), _) => proxy.restore(),
+        (None, Some(txn)) => txn.rollback().await.expect("release the lock"),
+        (None, None) => unreachable!("one of them"),
+    }
+    tests::wait_until(
+        Duration::from_secs(60),
+        "the kept pair is saved",
+        || async { (grant_of(&app.db, id).await.token_version == 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        client.tokens().access_token(id).await.expect("valid").token,
+        token.token
+    );
+    // The next refresh uses the saved (rotated) refresh token: no reuse, the grant lives.
+    fake.set_token_delay(Duration::ZERO);
+    expire_in_database(&app.db).await;
+    let next = client.tokens().access_token(id).await.expect("refreshed");
+    assert_eq!(next.version, 3);
+    assert_eq!(
+        fake.rotated_tokens_presented(),
+        0,
+        "the rotated-out token was never sent"
+    );
+    assert!(fake.all_grants_valid());
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+async fn wait_until_token_requests(fake: &FakeAtlassian, count: usize) {
+    tests::wait_until(
+        Duration::from_secs(10),
+        "the token request arrives",
+        || async { (fake.token_requests() >= count).then_some(()) },
+    )
+    .await;
 }
