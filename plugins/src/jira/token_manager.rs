@@ -502,9 +502,17 @@ impl TokenManager {
                     grant.id = %grant.id,
                     "the OAuth grant was rejected; its sites need to be connected again"
                 );
-                self.mark_reauth_required(&grant, &format!("invalid_grant: {detail}"))
+                let marked = self
+                    .mark_reauth_required(&grant, &format!("invalid_grant: {detail}"))
                     .await?;
-                Err(TokenError::ReauthRequired)
+                if marked {
+                    Err(TokenError::ReauthRequired)
+                } else {
+                    // A new consent replaced the rejected tokens meanwhile.
+                    Err(TokenError::Unavailable(
+                        "the grant was connected again while it was refreshed: try again".into(),
+                    ))
+                }
             }
             Err(error) => {
                 let transient = error.is_transient();
@@ -758,12 +766,13 @@ impl TokenManager {
     }
 
     /// Marks the grant (still at the version read) and every active site of it
-    /// `reauth_required`, in one short transaction.
+    /// `reauth_required`, in one short transaction. Returns false if the grant is no longer at
+    /// that version (a new consent replaced its tokens).
     async fn mark_reauth_required(
         &self,
         grant: &oauth_grant::Model,
         reason: &str,
-    ) -> Result<(), DbErr> {
+    ) -> Result<bool, DbErr> {
         let now = Utc::now();
         let txn = self.inner.db.begin().await?;
         let marked = oauth_grant::Entity::update_many()
@@ -807,7 +816,8 @@ impl TokenManager {
                 .exec(&txn)
                 .await?;
         }
-        txn.commit().await
+        txn.commit().await?;
+        Ok(marked.rows_affected == 1)
     }
 }
 
