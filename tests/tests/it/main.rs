@@ -13,6 +13,7 @@ mod fuzz_ingest;
 mod grants;
 mod helpers;
 mod ingest;
+mod ingest_guards;
 mod metrics;
 mod oauth;
 mod openapi;
