@@ -70,10 +70,27 @@ pub struct Settings {
     )]
     pub jira_scopes: String,
 
-    /// Refresh an OAuth connection's tokens when its refresh token was not used for this long
+    /// Refresh an OAuth grant's tokens when its refresh token was not used for this long
     /// (Atlassian expires refresh tokens unused for 90 days).
     #[arg(long, env = "HOOKLINE_TOKEN_IDLE_REFRESH", default_value = "30d", value_parser = parse_duration)]
     pub token_idle_refresh: Duration,
+
+    /// How long the refresh lease on an OAuth grant holds: longer than one refresh with its
+    /// retries takes; a crashed holder's lease is taken over after it.
+    #[arg(long, env = "HOOKLINE_TOKEN_REFRESH_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub token_refresh_lease: Duration,
+
+    /// How long a caller waits for another task's or process' refresh of the same grant before
+    /// it gives up (enrichment then goes out `failed`, a read-through answers 502).
+    #[arg(long, env = "HOOKLINE_TOKEN_REFRESH_WAIT", default_value = "20s", value_parser = parse_duration)]
+    pub token_refresh_wait: Duration,
+
+    /// How long after its first use a refresh token may be sent again, after an answer that may
+    /// not have rotated it (5xx, timeout, unreadable answer). Past it the grant is marked
+    /// `reauth_required` rather than risking Atlassian revoking it. Must stay below Atlassian's
+    /// 10-minute reuse leeway.
+    #[arg(long, env = "HOOKLINE_TOKEN_REUSE_LEEWAY", default_value = "8m", value_parser = parse_duration)]
+    pub token_reuse_leeway: Duration,
 
     /// Base URL of Atlassian's OAuth server (tests point it at a fake on loopback).
     #[arg(
@@ -271,6 +288,16 @@ impl Settings {
         }
         if self.worker_concurrency == 0 {
             bail!("HOOKLINE_WORKER_CONCURRENCY must be at least 1");
+        }
+        if self.token_reuse_leeway >= Duration::from_secs(10 * 60) {
+            bail!(
+                "HOOKLINE_TOKEN_REUSE_LEEWAY must be below Atlassian's 10-minute reuse leeway (e.g. 8m)"
+            );
+        }
+        if self.token_refresh_lease.is_zero() || self.token_refresh_wait.is_zero() {
+            bail!(
+                "HOOKLINE_TOKEN_REFRESH_LEASE and HOOKLINE_TOKEN_REFRESH_WAIT must be above zero"
+            );
         }
         if self.body_limit_bytes < 1024 {
             bail!("HOOKLINE_BODY_LIMIT_BYTES must be at least 1024");

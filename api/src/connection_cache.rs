@@ -9,11 +9,12 @@
 //! against a cached secret is checked again against a fresh read before it is refused.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use entity::cipher::Cipher;
 use entity::plugin_connection::{self, status as connection_status};
+use plugins::keyed_lock::KeyedLock;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use secrecy::SecretSlice;
 use uuid::Uuid;
@@ -55,7 +56,7 @@ pub struct ConnectionCache {
     entries: Arc<RwLock<Entries>>,
     /// Reads in progress, by connection id: a burst of webhooks for one connection on a cold
     /// cache waits for one database read instead of each making its own.
-    loading: Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>,
+    loading: KeyedLock<Uuid>,
 }
 
 impl ConnectionCache {
@@ -64,7 +65,7 @@ impl ConnectionCache {
         Self {
             ttl,
             entries: Arc::default(),
-            loading: Arc::default(),
+            loading: KeyedLock::new(),
         }
     }
 
@@ -78,37 +79,11 @@ impl ConnectionCache {
         if let Some(connection) = self.fresh(id) {
             return Ok(Some(connection));
         }
-        let gate = self.gate(id);
-        let result = {
-            let _reading = gate.lock().await;
-            // Whoever held the gate before us may have just read it.
-            match self.fresh(id) {
-                Some(connection) => Ok(Some(connection)),
-                None => self.reload(db, cipher, id).await,
-            }
-        };
-        self.release(id, gate);
-        result
-    }
-
-    /// The gate that serialises reads of connection `id`.
-    fn gate(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        let mut loading = self
-            .loading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(loading.entry(id).or_default())
-    }
-
-    /// Drops the gate of `id` once nobody else holds it.
-    fn release(&self, id: Uuid, gate: Arc<tokio::sync::Mutex<()>>) {
-        let mut loading = self
-            .loading
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Ours and the map's: nobody is waiting.
-        if Arc::strong_count(&gate) <= 2 {
-            loading.remove(&id);
+        let _reading = self.loading.lock(id).await;
+        // Whoever read it before us may have just cached it.
+        match self.fresh(id) {
+            Some(connection) => Ok(Some(connection)),
+            None => self.reload(db, cipher, id).await,
         }
     }
 

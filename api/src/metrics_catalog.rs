@@ -211,14 +211,25 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "hookline_token_refreshes_total",
         kind: Kind::Counter,
-        help: "OAuth token refreshes, by outcome",
+        help: "OAuth token refreshes (one per grant, for all its sites), by outcome",
         unit: None,
         series: &[
             &[("outcome", "success")],
             &[("outcome", "invalid_grant")],
             &[("outcome", "unavailable")],
             &[("outcome", "rejected")],
+            &[("outcome", "reuse_refused")],
+            &[("outcome", "waited_too_long")],
+            &[("outcome", "unsaved")],
         ],
+    },
+    Family {
+        name: "hookline_token_pair_save_failures_total",
+        kind: Kind::Counter,
+        help: "Rotated OAuth token pairs the database did not take (kept in memory, saved again \
+               before the grant's next refresh)",
+        unit: None,
+        series: NO_LABELS,
     },
     Family {
         name: "hookline_delivery_attempts_total",

@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use migration::{Migrator, MigratorTrait};
 use plugins::jira::oauth::{JiraOAuth, OAuthConfig};
 use plugins::jira::rest::JiraClient;
-use plugins::jira::token_manager::TokenManager;
+use plugins::jira::token_manager::{RefreshPolicy, TokenManager};
 use poem::endpoint::BoxEndpoint;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{EndpointExt, Route, Server};
@@ -374,7 +374,13 @@ fn jira_client(
         )?),
         _ => None,
     };
-    let tokens = TokenManager::new(db, cipher, oauth);
+    let policy = RefreshPolicy {
+        lease: settings.token_refresh_lease,
+        wait: settings.token_refresh_wait,
+        reuse_leeway: settings.token_reuse_leeway,
+        ..RefreshPolicy::default()
+    };
+    let tokens = TokenManager::with_policy(db, cipher, oauth, policy);
     Ok(JiraClient::new(http, &settings.atlassian_api_url, tokens))
 }
 

@@ -12,7 +12,7 @@ pub mod cipher;
 pub mod company;
 pub mod delivery;
 pub mod delivery_attempt;
-pub mod oauth_credential;
+pub mod oauth_grant;
 pub mod oauth_state;
 pub mod periodic_task;
 pub mod plugin_connection;

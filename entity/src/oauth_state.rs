@@ -19,6 +19,10 @@ pub struct Model {
     pub used_at: Option<DateTimeUtc>,
     /// When the flow was started.
     pub created_at: DateTimeUtc,
+    /// SHA-256 (hex) of the random value of the cookie the flow's browser got when the flow
+    /// started; the callback refuses a browser without it. `None` only for flows started
+    /// before the binding existed (refused too).
+    pub browser_key_hash: Option<String>,
 }
 
 /// Tables a state points at.

@@ -7,7 +7,8 @@ use sea_orm::entity::prelude::*;
 pub mod status {
     /// Webhooks are accepted and the credential works.
     pub const ACTIVE: &str = "active";
-    /// The OAuth credential was rejected; a person has to connect the site again.
+    /// The site's OAuth grant was rejected, or a newer consent no longer lists the site
+    /// ([`Model::status_reason`] says which): a person has to connect the site again.
     pub const REAUTH_REQUIRED: &str = "reauth_required";
     /// Switched off; incoming webhooks are refused.
     pub const DISABLED: &str = "disabled";
@@ -38,6 +39,13 @@ pub struct Model {
     pub webhook_secret: Option<String>,
     /// One of [`status`].
     pub status: String,
+    /// Why the connection is not `active`, when a person has to act (e.g. "the latest consent
+    /// no longer lists this site"); `None` while active.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub status_reason: Option<String>,
+    /// The OAuth grant the site is reached through; `None` for a connection registered without
+    /// OAuth, or one whose grant no longer lists it.
+    pub grant_id: Option<Uuid>,
     /// When the connection was created.
     pub created_at: DateTimeUtc,
     /// When the connection was last changed.
@@ -55,9 +63,13 @@ pub enum Relation {
         on_delete = "Cascade"
     )]
     Company,
-    /// The connection's OAuth credential, if it was connected through OAuth.
-    #[sea_orm(has_one = "super::oauth_credential::Entity")]
-    OauthCredential,
+    /// The OAuth grant the site is reached through, if it was connected through OAuth.
+    #[sea_orm(
+        belongs_to = "super::oauth_grant::Entity",
+        from = "Column::GrantId",
+        to = "super::oauth_grant::Column::Id"
+    )]
+    OauthGrant,
     /// Webhook events received through the connection.
     #[sea_orm(has_many = "super::webhook_event::Entity")]
     WebhookEvent,
@@ -72,9 +84,9 @@ impl Related<super::company::Entity> for Entity {
     }
 }
 
-impl Related<super::oauth_credential::Entity> for Entity {
+impl Related<super::oauth_grant::Entity> for Entity {
     fn to() -> RelationDef {
-        Relation::OauthCredential.def()
+        Relation::OauthGrant.def()
     }
 }
 

@@ -4,7 +4,7 @@ pub use super::api_key::Entity as ApiKey;
 pub use super::company::Entity as Company;
 pub use super::delivery::Entity as Delivery;
 pub use super::delivery_attempt::Entity as DeliveryAttempt;
-pub use super::oauth_credential::Entity as OauthCredential;
+pub use super::oauth_grant::Entity as OauthGrant;
 pub use super::oauth_state::Entity as OauthState;
 pub use super::periodic_task::Entity as PeriodicTask;
 pub use super::plugin_connection::Entity as PluginConnection;

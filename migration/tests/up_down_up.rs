@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use entity::{company, plugin_connection, webhook_event};
+use entity::{company, oauth_grant, plugin_connection, webhook_event};
 use migration::{Migrator, MigratorTrait, SchemaManager};
 use sea_orm::{
     ActiveModelTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
@@ -21,7 +21,7 @@ const TABLES: [&str; 10] = [
     "company",
     "api_key",
     "plugin_connection",
-    "oauth_credential",
+    "oauth_grant",
     "oauth_state",
     "webhook_event",
     "subscription",
@@ -39,6 +39,38 @@ async fn migrations_run_up_down_up_on_sqlite() -> Result<(), DbErr> {
 
 #[tokio::test]
 async fn migrations_run_up_down_up_on_postgres() {
+    on_postgres(|db| async move {
+        up_down_up_then_round_trip(&db)
+            .await
+            .expect("migrations and round trip");
+        assert_column_types(&db).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn credentials_sharing_a_refresh_token_become_one_grant_on_sqlite() -> Result<(), DbErr> {
+    let db = Database::connect("sqlite::memory:").await?;
+    credentials_become_grants(&db).await
+}
+
+#[tokio::test]
+async fn credentials_sharing_a_refresh_token_become_one_grant_on_postgres() {
+    on_postgres(|db| async move {
+        credentials_become_grants(&db)
+            .await
+            .expect("credentials become grants");
+    })
+    .await;
+}
+
+/// Runs `test` against a Postgres database of its own, dropped afterwards; skipped (or failed,
+/// with `HOOKLINE_REQUIRE_SERVICES=1`) when Postgres is not reachable.
+async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(DatabaseConnection) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let admin_url =
         std::env::var("HOOKLINE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
     let admin = match connect(&admin_url).await {
@@ -64,10 +96,7 @@ async fn migrations_run_up_down_up_on_postgres() {
     let outcome = tokio::spawn(async move {
         let db = connect(&url).await.expect("connect to the test database");
         assert_eq!(db.get_database_backend(), DbBackend::Postgres);
-        up_down_up_then_round_trip(&db)
-            .await
-            .expect("migrations and round trip");
-        assert_column_types(&db).await;
+        test(db.clone()).await;
         db.close().await.expect("close the test database");
     })
     .await;
@@ -156,6 +185,8 @@ async fn round_trip(db: &DatabaseConnection) -> Result<(), DbErr> {
         metadata: serde_json::json!({"cloudId": "c-1", "siteUrl": "https://acme.atlassian.net"}),
         webhook_secret: Some("v1.abcd1234.ciphertext".into()),
         status: plugin_connection::status::ACTIVE.into(),
+        status_reason: None,
+        grant_id: None,
         created_at: now,
         updated_at: now,
     };
@@ -221,7 +252,8 @@ async fn assert_column_types(db: &DatabaseConnection) {
         ("webhook_event", "headers", "jsonb"),
         ("webhook_event", "received_at", "timestamp with time zone"),
         ("webhook_event", "id", "uuid"),
-        ("oauth_credential", "token_version", "bigint"),
+        ("oauth_grant", "token_version", "bigint"),
+        ("plugin_connection", "grant_id", "uuid"),
     ] {
         let row = db
             .query_one_raw(Statement::from_sql_and_values(
@@ -236,4 +268,154 @@ async fn assert_column_types(db: &DatabaseConnection) {
         let data_type: String = row.try_get("", "data_type").expect("data_type is text");
         assert_eq!(data_type, expected, "type of {table}.{column}");
     }
+}
+
+/// How many migrations come before grants existed (`oauth_credential` rows, one per
+/// connection).
+fn before_grants() -> u32 {
+    let position = Migrator::migrations()
+        .iter()
+        .position(|migration| {
+            migration.name() == "m20261201_143000_move_oauth_credentials_into_grants"
+        })
+        .expect("the grants migration is listed");
+    u32::try_from(position).expect("a small number")
+}
+
+/// Three connections of one company at the version before grants: two whose credentials one
+/// consent wrote (same tokens, so the same expiry and scope; different ciphertexts, as every
+/// encryption has its own nonce), one of another consent. Up, down, up.
+async fn credentials_become_grants(db: &DatabaseConnection) -> Result<(), DbErr> {
+    use sea_orm::sea_query::{Alias, Query};
+    let schema = SchemaManager::new(db);
+    Migrator::up(db, Some(before_grants())).await?;
+    assert!(schema.has_table("oauth_credential").await?);
+
+    let now = Utc::now().trunc_subsecs(6);
+    let company = Uuid::now_v7();
+    db.execute(
+        Query::insert()
+            .into_table(Alias::new("company"))
+            .columns([
+                Alias::new("id"),
+                Alias::new("name"),
+                Alias::new("created_at"),
+            ])
+            .values_panic([company.into(), "Acme".into(), now.into()]),
+    )
+    .await?;
+    let consent_expiry = now + chrono::Duration::minutes(40);
+    let other_expiry = now + chrono::Duration::minutes(55);
+    let sites = [
+        ("a.atlassian.net", "v1.k.one-AAAA", consent_expiry, 3_i64),
+        ("b.atlassian.net", "v1.k.one-BBBB", consent_expiry, 2),
+        ("c.atlassian.net", "v1.k.two-CCCC", other_expiry, 1),
+    ];
+    let mut connections = Vec::new();
+    for (host, refresh_token, expires_at, version) in sites {
+        let id = Uuid::now_v7();
+        connections.push(id);
+        db.execute(
+            Query::insert()
+                .into_table(Alias::new("plugin_connection"))
+                .columns(
+                    [
+                        "id",
+                        "company_id",
+                        "plugin_id",
+                        "external_id",
+                        "external_name",
+                        "metadata",
+                        "status",
+                        "created_at",
+                        "updated_at",
+                    ]
+                    .map(Alias::new),
+                )
+                .values_panic([
+                    id.into(),
+                    company.into(),
+                    "jira".into(),
+                    host.into(),
+                    host.into(),
+                    serde_json::json!({}).into(),
+                    "active".into(),
+                    now.into(),
+                    now.into(),
+                ]),
+        )
+        .await?;
+        db.execute(
+            Query::insert()
+                .into_table(Alias::new("oauth_credential"))
+                .columns(
+                    [
+                        "connection_id",
+                        "access_token",
+                        "refresh_token",
+                        "expires_at",
+                        "scope",
+                        "token_version",
+                        "created_at",
+                        "updated_at",
+                    ]
+                    .map(Alias::new),
+                )
+                .values_panic([
+                    id.into(),
+                    format!("v1.k.access-{host}").into(),
+                    refresh_token.into(),
+                    expires_at.into(),
+                    "offline_access read:jira-work".into(),
+                    version.into(),
+                    now.into(),
+                    now.into(),
+                ]),
+        )
+        .await?;
+    }
+
+    for round in ["up", "up again"] {
+        Migrator::up(db, None).await?;
+        assert!(!schema.has_table("oauth_credential").await?, "{round}");
+        let grants = oauth_grant::Entity::find().all(db).await?;
+        assert_eq!(grants.len(), 2, "{round}: one grant per consent");
+        let grant_of = |id: Uuid| async move {
+            plugin_connection::Entity::find_by_id(id)
+                .one(db)
+                .await
+                .map(|connection| connection.and_then(|connection| connection.grant_id))
+        };
+        let (a, b, c) = (
+            grant_of(connections[0]).await?.expect("a has a grant"),
+            grant_of(connections[1]).await?.expect("b has a grant"),
+            grant_of(connections[2]).await?.expect("c has a grant"),
+        );
+        assert_eq!(a, b, "{round}: the sites of one consent share their grant");
+        assert_ne!(a, c, "{round}");
+        let shared = grants.iter().find(|grant| grant.id == a).expect("grant");
+        assert_eq!(shared.token_version, 3, "{round}: the latest version");
+        assert_eq!(shared.refresh_token, "v1.k.one-AAAA");
+        assert_eq!(shared.expires_at, consent_expiry);
+        assert_eq!(shared.company_id, company);
+        assert_eq!(shared.status, "active");
+        assert_eq!(shared.account_id, None);
+
+        Migrator::down(db, Some(1)).await?;
+        assert!(schema.has_table("oauth_credential").await?);
+        assert!(!schema.has_table("oauth_grant").await?);
+        assert!(!schema.has_column("plugin_connection", "grant_id").await?);
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT connection_id, refresh_token, token_version FROM oauth_credential",
+            ))
+            .await?;
+        assert_eq!(
+            rows.len(),
+            3,
+            "down gives every connection its credential back"
+        );
+    }
+    Ok(())
 }

@@ -5,3 +5,5 @@
 //! payloads parse into typed events and how its REST API is called.
 
 pub mod jira;
+pub mod keyed_lock;
+pub mod retry_after;

@@ -1,9 +1,12 @@
 //! A fake Atlassian on loopback: the OAuth token endpoint (authorization-code and refresh grants,
-//! rotating refresh tokens with reuse detection), `accessible-resources`, and the Jira issue API
-//! with 429 injection. Counters let tests assert how often tokens were refreshed.
+//! rotating refresh tokens with reuse detection), `accessible-resources`, `/myself`, and the
+//! Jira issue API with 429 injection. Counters let tests assert how often tokens were refreshed.
 //!
-//! Like Atlassian: refresh tokens rotate on every use; a rotated-out refresh token reused after
-//! a short grace period gets 403 `invalid_grant` and revokes the whole grant (every token of it).
+//! Like Atlassian: one consent is one grant that lists several sites and has one rotating
+//! refresh token; refresh tokens rotate on every use; a rotated-out refresh token presented
+//! again within the reuse leeway gets a new pair, after it 403 `invalid_grant` and the whole
+//! grant is revoked (every token of it, for every site). The token endpoint can be made slow,
+//! down, failing with 5xx after rotating, or answering an unreadable 200 after rotating.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +26,8 @@ pub const CLIENT_ID: &str = "fake-client-id";
 pub const CLIENT_SECRET: &str = "fake-client-secret";
 /// The cloud id of the first site of `accessible_resources_response.json`.
 pub const CLOUD_ID: &str = "6f2c9a14-3b7e-4d21-a8f5-0c9e7b3d5a12";
+/// The account that consents unless a test says otherwise ([`FakeAtlassian::set_consent_account`]).
+pub const ACCOUNT_ID: &str = "5b10ac8d82e05b22cc7d4ef5";
 
 /// A running fake Atlassian.
 pub struct FakeAtlassian {
@@ -38,12 +43,20 @@ struct FakeState {
     refreshes: AtomicUsize,
     code_exchanges: AtomicUsize,
     issue_requests: AtomicUsize,
+    /// Refresh requests that presented a rotated-out refresh token (within the leeway or not).
+    rotated_presented: AtomicUsize,
+    /// Refresh requests that arrived, whatever their outcome.
+    refresh_requests: AtomicUsize,
+    /// Token requests that arrived (counted before any delay).
+    token_requests: AtomicUsize,
 }
 
 struct Inner {
     access_lifetime: Duration,
-    reuse_grace: Duration,
-    rate_limited: Option<u64>,
+    /// How long after its rotation a rotated-out refresh token still gets a new pair.
+    reuse_leeway: Duration,
+    /// While set, the issue API answers 429 with this `Retry-After`.
+    rate_limited: Option<String>,
     /// The next `.0` issue requests answer status `.1` (429s carry `Retry-After: 1`).
     issue_failures: (usize, u16),
     token_failures: usize,
@@ -53,8 +66,14 @@ struct Inner {
     token_delay: Duration,
     /// How long issue requests wait before they are answered.
     issue_delay: Duration,
-    codes: HashMap<String, String>,
-    grants: HashMap<u64, bool>,
+    /// The next refresh requests that rotate and then answer badly.
+    faults_after_rotating: (usize, FaultAfterRotating),
+    /// The sites and account the next consents list and are made by.
+    consent_sites: Vec<serde_json::Value>,
+    consent_account: String,
+    /// Codes not exchanged yet: the redirect URI they were issued for and their consent.
+    codes: HashMap<String, (String, ConsentGrant)>,
+    grants: HashMap<u64, ConsentGrant>,
     access_tokens: HashMap<String, (u64, Instant)>,
     refresh_tokens: HashMap<String, (u64, Option<Instant>)>,
     next_grant: u64,
@@ -64,13 +83,19 @@ impl Default for Inner {
     fn default() -> Self {
         Self {
             access_lifetime: Duration::from_secs(3600),
-            reuse_grace: Duration::from_millis(200),
+            reuse_leeway: Duration::from_secs(5),
             rate_limited: None,
             issue_failures: (0, 500),
             token_failures: 0,
             token_endpoint_down: false,
             token_delay: Duration::ZERO,
             issue_delay: Duration::ZERO,
+            faults_after_rotating: (0, FaultAfterRotating::ServerError),
+            consent_sites: fixtures::json("accessible_resources_response.json")
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            consent_account: ACCOUNT_ID.to_owned(),
             codes: HashMap::new(),
             grants: HashMap::new(),
             access_tokens: HashMap::new(),
@@ -78,6 +103,40 @@ impl Default for Inner {
             next_grant: 1,
         }
     }
+}
+
+/// What a grant (one consent) is: whether it still works, who consented, which sites it lists.
+#[derive(Clone)]
+struct ConsentGrant {
+    valid: bool,
+    account: String,
+    sites: Vec<serde_json::Value>,
+}
+
+impl ConsentGrant {
+    fn lists(&self, cloud_id: &str) -> bool {
+        self.sites.iter().any(|site| site["id"] == cloud_id)
+    }
+}
+
+/// How a refresh request answers after it rotated the refresh token.
+#[derive(Clone, Copy, Debug)]
+pub enum FaultAfterRotating {
+    /// 500, as a token endpoint failing after its database commit would.
+    ServerError,
+    /// 200 with a body that is not a token answer.
+    UnreadableOk,
+}
+
+/// A site for [`FakeAtlassian::set_consent_sites`]: `name`.atlassian.net with a fresh cloud id.
+pub fn site(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "url": format!("https://{name}.atlassian.net"),
+        "name": name,
+        "scopes": ["read:jira-work", "read:jira-user", "manage:jira-webhook"],
+        "avatarUrl": "https://site-admin-avatar-cdn.prod.public.atl-paas.net/avatars/240/rocket.png",
+    })
 }
 
 impl Inner {
@@ -98,13 +157,23 @@ impl Inner {
         })
     }
 
-    fn valid_access(&self, token: &str) -> bool {
-        match self.access_tokens.get(token) {
-            Some((grant, expires)) => {
-                *expires > Instant::now() && self.grants.get(grant) == Some(&true)
-            }
-            None => false,
-        }
+    /// The grant of a valid access token.
+    fn access_grant(&self, token: &str) -> Option<&ConsentGrant> {
+        let (grant, expires) = self.access_tokens.get(token)?;
+        let grant = self.grants.get(grant)?;
+        (*expires > Instant::now() && grant.valid).then_some(grant)
+    }
+
+    /// A new code for a consent with the configured sites and account.
+    fn issue_code(&mut self, redirect_uri: String) -> String {
+        let code = format!("fake-code-{}", uuid::Uuid::new_v4().simple());
+        let consent = ConsentGrant {
+            valid: true,
+            account: self.consent_account.clone(),
+            sites: self.consent_sites.clone(),
+        };
+        self.codes.insert(code.clone(), (redirect_uri, consent));
+        code
     }
 }
 
@@ -128,6 +197,7 @@ impl FakeAtlassian {
                 get(accessible_resources),
             )
             .at("/ex/jira/:cloud_id/rest/api/3/issue/:key", get(issue))
+            .at("/ex/jira/:cloud_id/rest/api/3/myself", get(myself))
             .data(state.clone());
         let server = tokio::spawn(async move {
             let _ = Server::new_with_acceptor(acceptor).run(app).await;
@@ -164,10 +234,7 @@ impl FakeAtlassian {
         );
         let state = query.get("state").expect("state").clone();
         let redirect_uri = query.get("redirect_uri").expect("redirect_uri").clone();
-        let code = format!("fake-code-{}", uuid::Uuid::new_v4().simple());
-        self.inner()
-            .codes
-            .insert(code.clone(), redirect_uri.clone());
+        let code = self.inner().issue_code(redirect_uri.clone());
         let mut callback = reqwest::Url::parse(&redirect_uri).expect("redirect_uri");
         callback
             .query_pairs_mut()
@@ -191,14 +258,20 @@ impl FakeAtlassian {
 
     /// Revokes every grant (as a person removing the app's access would).
     pub fn revoke_all(&self) {
-        for valid in self.inner().grants.values_mut() {
-            *valid = false;
+        for grant in self.inner().grants.values_mut() {
+            grant.valid = false;
         }
     }
 
     /// While `Some(seconds)`, the issue API answers 429 with that `Retry-After`.
     pub fn set_rate_limited(&self, retry_after: Option<u64>) {
-        self.inner().rate_limited = retry_after;
+        self.inner().rate_limited = retry_after.map(|seconds| seconds.to_string());
+    }
+
+    /// While `Some`, the issue API answers 429 with exactly this `Retry-After` (e.g. an HTTP
+    /// date).
+    pub fn set_rate_limited_header(&self, retry_after: Option<&str>) {
+        self.inner().rate_limited = retry_after.map(str::to_owned);
     }
 
     /// The next `count` issue requests answer `status` (a 429 carries `Retry-After: 1`);
@@ -221,6 +294,49 @@ impl FakeAtlassian {
     /// comes first: a refresh token is rotated only after it, as a slow Atlassian would.
     pub fn set_token_delay(&self, delay: Duration) {
         self.inner().token_delay = delay;
+    }
+
+    /// A rotated-out refresh token presented within `leeway` of its rotation gets a new pair;
+    /// after it, the whole grant is revoked. Zero: any second use revokes it.
+    pub fn set_reuse_leeway(&self, leeway: Duration) {
+        self.inner().reuse_leeway = leeway;
+    }
+
+    /// The next `count` token requests that issue a pair (a rotation, or a code exchange) do
+    /// issue it and then answer `fault` instead (the client cannot know it happened).
+    pub fn fault_after_rotating(&self, count: usize, fault: FaultAfterRotating) {
+        self.inner().faults_after_rotating = (count, fault);
+    }
+
+    /// The next consents list `sites` (see [`site`]); by default the two sites of
+    /// `accessible_resources_response.json`.
+    pub fn set_consent_sites(&self, sites: Vec<serde_json::Value>) {
+        self.inner().consent_sites = sites;
+    }
+
+    /// The next consents are made by `account_id` (its `accountId` at `/myself`).
+    pub fn set_consent_account(&self, account_id: &str) {
+        self.inner().consent_account = account_id.to_owned();
+    }
+
+    /// Whether every grant issued so far still works (none was revoked).
+    pub fn all_grants_valid(&self) -> bool {
+        self.inner().grants.values().all(|grant| grant.valid)
+    }
+
+    /// How many refresh requests presented a rotated-out refresh token.
+    pub fn rotated_tokens_presented(&self) -> usize {
+        self.state.rotated_presented.load(Ordering::SeqCst)
+    }
+
+    /// How many token requests arrived, counted as they arrive (before a delay).
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+
+    /// How many refresh requests arrived (whatever their answer).
+    pub fn refresh_requests(&self) -> usize {
+        self.state.refresh_requests.load(Ordering::SeqCst)
     }
 
     /// Issue requests wait `delay` before they are answered (a slow Jira).
@@ -299,6 +415,7 @@ async fn token_endpoint(req: &Request, body: Body, state: Data<&Arc<FakeState>>)
             .map(|url| url.query_pairs().into_owned().collect())
             .unwrap_or_default()
     };
+    state.token_requests.fetch_add(1, Ordering::SeqCst);
     let delay = state.inner.lock().expect("fake state").token_delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -323,12 +440,16 @@ async fn token_endpoint(req: &Request, body: Body, state: Data<&Arc<FakeState>>)
         Some("authorization_code") => {
             let code = param("code").unwrap_or_default();
             match inner.codes.remove(code) {
-                Some(redirect_uri) if param("redirect_uri") == Some(redirect_uri.as_str()) => {
+                Some((redirect_uri, consent))
+                    if param("redirect_uri") == Some(redirect_uri.as_str()) =>
+                {
                     let grant = inner.next_grant;
                     inner.next_grant += 1;
-                    inner.grants.insert(grant, true);
+                    inner.grants.insert(grant, consent);
                     state.code_exchanges.fetch_add(1, Ordering::SeqCst);
-                    json_response(StatusCode::OK, inner.issue_pair(grant))
+                    let pair = inner.issue_pair(grant);
+                    fault_after_rotating(&mut inner)
+                        .unwrap_or_else(|| json_response(StatusCode::OK, pair))
                 }
                 _ => oauth_error(
                     StatusCode::FORBIDDEN,
@@ -337,45 +458,70 @@ async fn token_endpoint(req: &Request, body: Body, state: Data<&Arc<FakeState>>)
                 ),
             }
         }
-        Some("refresh_token") => {
-            let token = param("refresh_token").unwrap_or_default().to_owned();
-            let Some(&(grant, rotated_at)) = inner.refresh_tokens.get(&token) else {
-                return oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "invalid_grant",
-                    "Unknown or invalid refresh token.",
-                );
-            };
-            if inner.grants.get(&grant) != Some(&true) {
-                return oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "invalid_grant",
-                    "Unknown or invalid refresh token.",
-                );
-            }
-            if let Some(rotated_at) = rotated_at
-                && rotated_at.elapsed() > inner.reuse_grace
-            {
-                // Reuse of a rotated-out token: the grant is compromised.
-                inner.grants.insert(grant, false);
-                return oauth_error(
-                    StatusCode::FORBIDDEN,
-                    "invalid_grant",
-                    "Unknown or invalid refresh token.",
-                );
-            }
-            inner
-                .refresh_tokens
-                .insert(token, (grant, Some(Instant::now())));
-            state.refreshes.fetch_add(1, Ordering::SeqCst);
-            json_response(StatusCode::OK, inner.issue_pair(grant))
-        }
+        Some("refresh_token") => refresh_grant(&state, &mut inner, param("refresh_token")),
         _ => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "unsupported grant type",
         ),
     }
+}
+
+/// The refresh-token grant: rotation on every use, reuse within the leeway answered, reuse
+/// after it revoking the whole grant, scripted faults after rotating.
+fn refresh_grant(state: &FakeState, inner: &mut Inner, token: Option<&str>) -> Response {
+    state.refresh_requests.fetch_add(1, Ordering::SeqCst);
+    let token = token.unwrap_or_default().to_owned();
+    let invalid = || {
+        oauth_error(
+            StatusCode::FORBIDDEN,
+            "invalid_grant",
+            "Unknown or invalid refresh token.",
+        )
+    };
+    let Some(&(grant, rotated_at)) = inner.refresh_tokens.get(&token) else {
+        return invalid();
+    };
+    if !inner.grants.get(&grant).is_some_and(|grant| grant.valid) {
+        return invalid();
+    }
+    if let Some(rotated_at) = rotated_at {
+        state.rotated_presented.fetch_add(1, Ordering::SeqCst);
+        if rotated_at.elapsed() > inner.reuse_leeway {
+            // Reuse of a rotated-out token after the leeway: the grant is compromised.
+            if let Some(grant) = inner.grants.get_mut(&grant) {
+                grant.valid = false;
+            }
+            return invalid();
+        }
+    } else {
+        inner
+            .refresh_tokens
+            .insert(token, (grant, Some(Instant::now())));
+    }
+    let pair = inner.issue_pair(grant);
+    if let Some(fault) = fault_after_rotating(inner) {
+        return fault;
+    }
+    state.refreshes.fetch_add(1, Ordering::SeqCst);
+    json_response(StatusCode::OK, pair)
+}
+
+/// The scripted bad answer of a token request that issued a pair, if one is due.
+fn fault_after_rotating(inner: &mut Inner) -> Option<Response> {
+    if inner.faults_after_rotating.0 == 0 {
+        return None;
+    }
+    inner.faults_after_rotating.0 -= 1;
+    Some(match inner.faults_after_rotating.1 {
+        FaultAfterRotating::ServerError => Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body("internal error"),
+        FaultAfterRotating::UnreadableOk => Response::builder()
+            .status(StatusCode::OK)
+            .content_type("application/json")
+            .body("{\"access_tok"),
+    })
 }
 
 fn bearer(req: &Request) -> String {
@@ -388,16 +534,35 @@ fn bearer(req: &Request) -> String {
 #[handler]
 fn accessible_resources(req: &Request, state: Data<&Arc<FakeState>>) -> Response {
     let inner = state.inner.lock().expect("fake state");
-    if !inner.valid_access(&bearer(req)) {
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "code": 401, "message": "Unauthorized" }),
-        );
+    match inner.access_grant(&bearer(req)) {
+        Some(grant) => json_response(StatusCode::OK, serde_json::json!(grant.sites)),
+        None => unauthorized(),
     }
+}
+
+fn unauthorized() -> Response {
     json_response(
-        StatusCode::OK,
-        fixtures::json("accessible_resources_response.json"),
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({ "code": 401, "message": "Unauthorized" }),
     )
+}
+
+/// `/rest/api/3/myself` of a site of the token's grant: the account that consented.
+#[handler]
+fn myself(req: &Request, Path(cloud_id): Path<String>, state: Data<&Arc<FakeState>>) -> Response {
+    let inner = state.inner.lock().expect("fake state");
+    match inner.access_grant(&bearer(req)) {
+        Some(grant) if grant.lists(&cloud_id) => json_response(
+            StatusCode::OK,
+            serde_json::json!({
+                "accountId": grant.account,
+                "accountType": "atlassian",
+                "displayName": "Fake Person",
+                "active": true,
+            }),
+        ),
+        _ => unauthorized(),
+    }
 }
 
 #[handler]
@@ -422,20 +587,21 @@ async fn issue(
             .header("retry-after", "1")
             .body(r#"{"errorMessages":["scripted failure"]}"#);
     }
-    if !inner.valid_access(&bearer(req)) {
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "code": 401, "message": "Unauthorized" }),
-        );
+    // A token reaches the sites of its grant only (Atlassian: 401 for any other site).
+    if !inner
+        .access_grant(&bearer(req))
+        .is_some_and(|grant| grant.lists(&cloud_id))
+    {
+        return unauthorized();
     }
-    if let Some(retry_after) = inner.rate_limited {
+    if let Some(retry_after) = &inner.rate_limited {
         return Response::builder()
             .status(StatusCode::TOO_MANY_REQUESTS)
             .content_type("application/json;charset=UTF-8")
-            .header("retry-after", retry_after.to_string())
+            .header("retry-after", retry_after.as_str())
             .body(fixtures::json("rest_error_429_body.json").to_string());
     }
-    if cloud_id == CLOUD_ID && (key == "ORB-417" || key == "20417") {
+    if key == "ORB-417" || key == "20417" {
         json_response(
             StatusCode::OK,
             fixtures::json("rest_get_issue_v3_response.json"),

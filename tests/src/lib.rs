@@ -247,6 +247,19 @@ impl Drop for TestApp {
     }
 }
 
+/// The `name=value` pairs a response sets with `Set-Cookie`, joined as a `Cookie` header
+/// sends them back (the connect flow binds its callback to the browser with a cookie).
+pub fn cookies_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter_map(|value| value.split(';').next())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Waits until `check` returns Some, polling every 50 ms, for at most `timeout`.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

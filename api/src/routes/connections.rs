@@ -1,12 +1,14 @@
 //! `/api/v1/connections`: a company's connected Jira sites and their webhook URLs.
 
 use chrono::{DateTime, Utc};
+use entity::oauth_grant;
 use entity::plugin_connection::{self, status};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, EntityTrait, ModelTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -50,8 +52,17 @@ pub struct ConnectionOut {
     pub external_name: String,
     /// Metadata (`cloudId`, `siteUrl` for OAuth connections).
     pub metadata: serde_json::Value,
-    /// `active`, `reauth_required` or `disabled`.
+    /// `active`, `reauth_required` or `disabled`. Every site of a grant that Atlassian
+    /// revoked is `reauth_required`.
     pub status: String,
+    /// Why the connection needs a person (e.g. its grant was revoked, or the latest consent no
+    /// longer lists the site); null while active.
+    #[oai(nullable)]
+    pub status_reason: Option<String>,
+    /// The OAuth grant (one per Atlassian consent) the site is reached through; null for a
+    /// connection registered without OAuth, or one the latest consent no longer lists.
+    #[oai(nullable)]
+    pub grant: Option<GrantOut>,
     /// Where Jira must post this connection's webhooks.
     pub webhook_url: String,
     /// Whether webhooks must carry `X-Hub-Signature`.
@@ -60,6 +71,45 @@ pub struct ConnectionOut {
     pub created_at: DateTime<Utc>,
     /// When the connection last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// The OAuth grant of a connection: one Atlassian consent, shared by every site it lists.
+/// Tokens are never shown.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct GrantOut {
+    /// The grant's id; sites with the same grant share one token pair.
+    pub id: Uuid,
+    /// `active`, or `reauth_required` when Atlassian rejected it (a person has to consent
+    /// again).
+    pub status: String,
+    /// The Atlassian account that consented; null for grants from before accounts were kept.
+    #[oai(nullable)]
+    pub account_id: Option<String>,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// When the current access token expires (it is refreshed before).
+    pub expires_at: DateTime<Utc>,
+    /// When the tokens were last refreshed or consented.
+    #[oai(nullable)]
+    pub refreshed_at: Option<DateTime<Utc>>,
+    /// Why the last refresh failed; null after a successful one.
+    #[oai(nullable)]
+    pub last_error: Option<String>,
+}
+
+impl From<oauth_grant::Model> for GrantOut {
+    fn from(grant: oauth_grant::Model) -> Self {
+        Self {
+            id: grant.id,
+            status: grant.status,
+            account_id: grant.account_id,
+            scope: grant.scope,
+            expires_at: grant.expires_at,
+            refreshed_at: grant.refreshed_at,
+            last_error: grant.last_error,
+        }
+    }
 }
 
 /// A created connection, with its webhook secret. The secret is shown only here.
@@ -89,7 +139,12 @@ pub struct ConnectionList {
 pub enum CreateConnectionResponse {
     /// Created.
     #[oai(status = 201)]
-    Created(Json<ConnectionCreatedOut>),
+    Created(
+        Json<ConnectionCreatedOut>,
+        /// `no-store`: the answer shows the webhook secret.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
 }
 
 /// Answer of `delete_connection`.
@@ -101,8 +156,14 @@ pub enum DeleteConnectionResponse {
 }
 
 impl ConnectionOut {
-    fn from_model(state: &AppState, model: plugin_connection::Model) -> Self {
+    fn from_model(
+        state: &AppState,
+        model: plugin_connection::Model,
+        grant: Option<oauth_grant::Model>,
+    ) -> Self {
         Self {
+            status_reason: model.status_reason,
+            grant: grant.map(GrantOut::from),
             webhook_url: state.webhook_url(model.id),
             signed: model.webhook_secret.is_some(),
             id: model.id,
@@ -146,6 +207,16 @@ impl ConnectionApi {
         if !metadata.is_object() {
             return Err(ApiError::unprocessable("metadata must be a JSON object"));
         }
+        if let Some(cloud_id) = metadata.get("cloudId")
+            && !cloud_id
+                .as_str()
+                .is_some_and(plugins::jira::rest::is_cloud_id)
+        {
+            return Err(ApiError::unprocessable(format!(
+                "metadata.cloudId {cloud_id} is not an Atlassian cloud id (a UUID such as \
+                 6f2c9a14-3b7e-4d21-a8f5-0c9e7b3d5a12)"
+            )));
+        }
         let secret = generate_webhook_secret();
         let now = Utc::now();
         let model = plugin_connection::ActiveModel {
@@ -157,6 +228,8 @@ impl ConnectionApi {
             metadata: Set(metadata),
             webhook_secret: Set(Some(state.cipher.encrypt(&secret))),
             status: Set(status::ACTIVE.to_owned()),
+            status_reason: Set(None),
+            grant_id: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         };
@@ -164,12 +237,13 @@ impl ConnectionApi {
             .exec_with_returning(&state.db)
             .await?;
         tracing::info!(connection.id = %model.id, company.id = %auth.0.id, "connection created");
-        Ok(CreateConnectionResponse::Created(Json(
-            ConnectionCreatedOut {
-                connection: ConnectionOut::from_model(&state, model),
+        Ok(CreateConnectionResponse::Created(
+            Json(ConnectionCreatedOut {
+                connection: ConnectionOut::from_model(&state, model, None),
                 webhook_secret: secret,
-            },
-        )))
+            }),
+            crate::routes::oauth::NO_STORE.to_owned(),
+        ))
     }
 
     /// List connections
@@ -196,10 +270,25 @@ impl ConnectionApi {
         }
         let mut models = query.all(&state.db).await?;
         let next_cursor = page.finish(&mut models, |model| model.id);
+        let grant_ids: Vec<Uuid> = models.iter().filter_map(|model| model.grant_id).collect();
+        let grants = if grant_ids.is_empty() {
+            Vec::new()
+        } else {
+            oauth_grant::Entity::find_for_company(auth.0.id)
+                .filter(oauth_grant::Column::Id.is_in(grant_ids))
+                .all(&state.db)
+                .await?
+        };
         Ok(Json(ConnectionList {
             items: models
                 .into_iter()
-                .map(|model| ConnectionOut::from_model(&state, model))
+                .map(|model| {
+                    let grant = grants
+                        .iter()
+                        .find(|grant| Some(grant.id) == model.grant_id)
+                        .cloned();
+                    ConnectionOut::from_model(&state, model, grant)
+                })
                 .collect(),
             next_cursor,
         }))
@@ -219,12 +308,22 @@ impl ConnectionApi {
         id: Path<String>,
     ) -> ApiResult<Json<ConnectionOut>> {
         let model = find_connection(&state, auth.0.id, &id).await?;
-        Ok(Json(ConnectionOut::from_model(&state, model)))
+        let grant = match model.grant_id {
+            Some(grant_id) => {
+                oauth_grant::Entity::find_for_company(auth.0.id)
+                    .filter(oauth_grant::Column::Id.eq(grant_id))
+                    .one(&state.db)
+                    .await?
+            }
+            None => None,
+        };
+        Ok(Json(ConnectionOut::from_model(&state, model, grant)))
     }
 
     /// Delete a connection
     ///
     /// Its webhook URL stops accepting events at once; its events and deliveries are deleted.
+    /// Its OAuth grant goes too when no other site uses it.
     #[oai(
         path = "/connections/:id",
         method = "delete",
@@ -239,7 +338,10 @@ impl ConnectionApi {
     ) -> ApiResult<DeleteConnectionResponse> {
         let model = find_connection(&state, auth.0.id, &id).await?;
         let connection_id = model.id;
-        model.delete(&state.db).await?;
+        let txn = state.db.begin().await?;
+        model.delete(&txn).await?;
+        crate::consent::delete_grants_without_sites(&txn, auth.0.id).await?;
+        txn.commit().await?;
         state.connections.forget(connection_id);
         tracing::info!(connection.id = %connection_id, "connection deleted");
         Ok(DeleteConnectionResponse::Deleted)

@@ -1,33 +1,28 @@
 //! Connecting Jira sites through Atlassian OAuth 2.0 (3LO): the authorize URL and the callback
 //! (DESIGN §5, §10).
 //!
-//! The `state` is a random single-use value in `oauth_state`, bound to the company that started
-//! the flow and valid for [`STATE_LIFETIME`]; the callback consumes it with one conditional
-//! UPDATE, so a replayed callback fails. Tokens are stored encrypted and never returned.
+//! The flow's `state` lives in [`crate::connect_flow`]: single use, bound to the company and to
+//! the browser that started the flow (a cookie set by `authorize_jira`). The callback stores the
+//! consent as one grant with one connection per site ([`crate::consent`]). Tokens are stored
+//! encrypted and never returned; the answer that shows webhook secrets is never cached.
 
-use base64::Engine as _;
-use chrono::Utc;
-use entity::plugin_connection::{self, status};
-use entity::{oauth_credential, oauth_state};
-use plugins::jira::oauth::{OAuthError, Site, TokenSet};
+use plugins::jira::oauth::OAuthError;
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::{Html, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi, ResponseContent};
 use sea_orm::sea_query::Expr;
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    TransactionTrait,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, TransactionTrait};
 use uuid::Uuid;
 
 use crate::auth::CompanyAuth;
+use crate::connect_flow;
+use crate::consent::{self, Consent};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::ApiTags;
-use crate::routes::connections::generate_webhook_secret;
 use crate::state::AppState;
 
-/// How long a started OAuth flow may take before its `state` is refused.
-pub const STATE_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
+/// `Cache-Control` of every answer that shows a webhook secret.
+pub const NO_STORE: &str = "no-store";
 
 /// The OAuth connect API.
 pub struct OAuthApi;
@@ -36,7 +31,8 @@ pub struct OAuthApi;
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct AuthorizeOut {
-    /// Atlassian's consent page; open it in a browser. Valid for 10 minutes, once.
+    /// Atlassian's consent page; open it in the browser that made this request (it got the
+    /// flow's cookie). Valid for 10 minutes, once.
     pub authorize_url: String,
 }
 
@@ -60,16 +56,30 @@ pub struct ConnectedSiteOut {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct CallbackOut {
-    /// One connection per site the grant reaches.
+    /// The company the sites were connected to.
+    pub company_id: Uuid,
+    /// Its name.
+    pub company_name: String,
+    /// The grant (one per consent) every site is reached through.
+    pub grant_id: Uuid,
+    /// One connection per site the consent lists.
     pub connections: Vec<ConnectedSiteOut>,
 }
 
 /// Answer of `authorize_jira`.
 #[derive(Debug, ApiResponse)]
 pub enum AuthorizeResponse {
-    /// The flow is started.
+    /// The flow is started; the cookie binds it to this browser.
     #[oai(status = 200)]
-    Ok(Json<AuthorizeOut>),
+    Ok(
+        Json<AuthorizeOut>,
+        /// The flow's cookie, sent back only to the callback.
+        #[oai(header = "Set-Cookie")]
+        String,
+        /// `no-store`.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
 }
 
 /// The callback's body: JSON when asked for with `Accept: application/json`, else a page.
@@ -86,15 +96,25 @@ pub enum CallbackBody {
 pub enum CallbackResponse {
     /// The sites are connected.
     #[oai(status = 200)]
-    Connected(CallbackBody),
+    Connected(
+        CallbackBody,
+        /// `no-store`: the answer shows webhook secrets.
+        #[oai(header = "Cache-Control")]
+        String,
+        /// Removes the flow's cookie.
+        #[oai(header = "Set-Cookie")]
+        String,
+    ),
 }
 
 #[OpenApi(tag = "ApiTags::Connections")]
 impl OAuthApi {
     /// Start connecting Jira sites
     ///
-    /// Returns Atlassian's consent URL. After consent Atlassian sends the browser to
-    /// `/oauth/jira/callback`, which connects every site the grant reaches.
+    /// Returns Atlassian's consent URL and sets a cookie that binds the flow to the browser
+    /// making this request: the callback refuses a browser without it, so open the URL in that
+    /// browser. After consent Atlassian sends the browser to `/oauth/jira/callback`, which
+    /// connects every site the consent lists.
     #[oai(
         path = "/api/v1/connections/jira/authorize",
         method = "post",
@@ -105,31 +125,24 @@ impl OAuthApi {
         auth: CompanyAuth,
         state: poem::web::Data<&AppState>,
     ) -> ApiResult<AuthorizeResponse> {
-        let oauth = state.jira.tokens().oauth().ok_or_else(not_configured)?;
-        let mut bytes = [0u8; 32];
-        rand::fill(&mut bytes);
-        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = Utc::now();
-        oauth_state::Entity::insert(oauth_state::ActiveModel {
-            state: Set(value.clone()),
-            company_id: Set(auth.0.id),
-            plugin_id: Set(plugins::jira::PLUGIN_ID.to_owned()),
-            expires_at: Set(now + STATE_LIFETIME),
-            used_at: Set(None),
-            created_at: Set(now),
-        })
-        .exec_without_returning(&state.db)
-        .await?;
-        Ok(AuthorizeResponse::Ok(Json(AuthorizeOut {
-            authorize_url: oauth.authorize_url(&value),
-        })))
+        let flow = connect_flow::start(&state, auth.0.id).await?;
+        Ok(AuthorizeResponse::Ok(
+            Json(AuthorizeOut {
+                authorize_url: flow.authorize_url,
+            }),
+            flow.set_cookie,
+            NO_STORE.to_owned(),
+        ))
     }
 
     /// Finish connecting Jira sites
     ///
-    /// Where Atlassian sends the browser after consent. Exchanges the code, connects every site
-    /// the grant reaches (a site connected before is updated, not duplicated) and shows each
-    /// site's webhook URL and secret. Answers JSON with `Accept: application/json`, else a page.
+    /// Where Atlassian sends the browser after consent; the browser must carry the cookie set
+    /// by `authorize_jira`. Exchanges the code, stores the consent as one grant, connects every
+    /// site it lists (a site connected before is updated, not duplicated; a site of the same
+    /// account's earlier consent that is no longer listed is flagged `reauth_required`) and
+    /// shows each site's webhook URL and secret. Answers JSON with `Accept: application/json`,
+    /// else a page.
     #[oai(
         path = "/oauth/jira/callback",
         method = "get",
@@ -148,13 +161,20 @@ impl OAuthApi {
         /// `application/json` for a JSON answer.
         #[oai(name = "Accept")]
         accept: Header<Option<String>>,
+        /// Carries the flow's cookie.
+        #[oai(name = "Cookie")]
+        cookie: Header<Option<String>>,
     ) -> ApiResult<CallbackResponse> {
-        let oauth = state.jira.tokens().oauth().ok_or_else(not_configured)?;
+        let oauth = state
+            .jira
+            .tokens()
+            .oauth()
+            .ok_or_else(connect_flow::not_configured)?;
         let flow_state = flow_state
             .0
             .filter(|value| !value.is_empty())
             .ok_or_else(|| ApiError::bad_request("the state parameter is missing"))?;
-        let company_id = consume_state(&state, &flow_state).await?;
+        let company_id = connect_flow::consume(&state, &flow_state, cookie.0.as_deref()).await?;
         if let Some(error) = error.0 {
             return Err(ApiError::bad_request(format!(
                 "Atlassian did not grant access ({error}); start again to connect a site"
@@ -169,9 +189,11 @@ impl OAuthApi {
             .exchange_code(&code)
             .await
             .map_err(|error| match error {
-                OAuthError::Transient(_) => ApiError::bad_gateway(format!(
-                    "Atlassian's token endpoint failed ({error}); start again to connect a site"
-                )),
+                OAuthError::Transient(_) | OAuthError::Unreachable(_) => {
+                    ApiError::bad_gateway(format!(
+                        "Atlassian's token endpoint failed ({error}); start again to connect a site"
+                    ))
+                }
                 _ => ApiError::bad_request(format!(
                     "the authorization code was refused ({error}); start again to connect a site"
                 )),
@@ -189,6 +211,29 @@ impl OAuthApi {
                 "the grant gives access to no Jira site: choose a site on Atlassian's consent page",
             ));
         }
+        if let Some(site) = sites
+            .iter()
+            .find(|site| !plugins::jira::rest::is_cloud_id(&site.id))
+        {
+            return Err(ApiError::bad_gateway(format!(
+                "Atlassian listed the site {:?} with the cloudId {:?}, which is not a valid id: \
+                 nothing was connected",
+                site.name, site.id
+            )));
+        }
+        let account_id = oauth
+            .account_id(&tokens.access_token, &sites[0])
+            .await
+            .map_err(|error| {
+                ApiError::bad_gateway(format!(
+                    "could not tell which Atlassian account consented (the scopes must include \
+                     read:jira-user): {error:#}"
+                ))
+            })?;
+        let company = entity::company::Entity::find_by_id(company_id)
+            .one(&state.db)
+            .await?
+            .ok_or_else(|| ApiError::not_found("company"))?;
 
         let txn = state.db.begin().await?;
         if state.db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite {
@@ -204,157 +249,61 @@ impl OAuthApi {
                 .exec(&txn)
                 .await?;
         }
-        let mut connections = Vec::with_capacity(sites.len());
-        for site in &sites {
-            connections.push(store_site(&state, &txn, company_id, site, &tokens).await?);
-        }
+        let stored = consent::store(
+            &state,
+            &txn,
+            &Consent {
+                company_id,
+                account_id: &account_id,
+                tokens: &tokens,
+                sites: &sites,
+            },
+        )
+        .await?;
         txn.commit().await?;
-        for connection in &connections {
+        let grant_id = stored
+            .first()
+            .and_then(|site| site.connection.grant_id)
+            .unwrap_or_default();
+        for site in &stored {
+            state.connections.forget(site.connection.id);
             tracing::info!(
-                connection.id = %connection.id,
+                connection.id = %site.connection.id,
                 company.id = %company_id,
+                grant.id = %grant_id,
                 "Jira site connected through OAuth"
             );
         }
 
-        let out = CallbackOut { connections };
+        let out = CallbackOut {
+            company_id,
+            company_name: company.name,
+            grant_id,
+            connections: stored
+                .into_iter()
+                .map(|site| ConnectedSiteOut {
+                    webhook_url: state.webhook_url(site.connection.id),
+                    id: site.connection.id,
+                    webhook_secret: site.webhook_secret,
+                    external_id: site.connection.external_id,
+                    external_name: site.connection.external_name,
+                })
+                .collect(),
+        };
         let wants_json = accept
             .0
             .is_some_and(|accept| accept.contains("application/json"));
-        Ok(CallbackResponse::Connected(if wants_json {
+        let body = if wants_json {
             CallbackBody::Json(Json(out))
         } else {
             CallbackBody::Html(Html(render_page(&out)))
-        }))
+        };
+        Ok(CallbackResponse::Connected(
+            body,
+            NO_STORE.to_owned(),
+            connect_flow::expired_browser_cookie(&flow_state),
+        ))
     }
-}
-
-fn not_configured() -> ApiError {
-    ApiError::unavailable_because(
-        "connecting Jira sites is not configured: set JIRA_CLIENT_ID and JIRA_CLIENT_SECRET",
-    )
-}
-
-/// Marks the state used, once; returns the company that started the flow.
-async fn consume_state(state: &AppState, value: &str) -> ApiResult<Uuid> {
-    let now = Utc::now();
-    let consumed = oauth_state::Entity::update_many()
-        .col_expr(oauth_state::Column::UsedAt, Expr::value(now))
-        .filter(oauth_state::Column::State.eq(value))
-        .filter(oauth_state::Column::PluginId.eq(plugins::jira::PLUGIN_ID))
-        .filter(oauth_state::Column::UsedAt.is_null())
-        .filter(oauth_state::Column::ExpiresAt.gt(now))
-        .exec(&state.db)
-        .await?;
-    let row = oauth_state::Entity::find_by_id(value.to_owned())
-        .one(&state.db)
-        .await?;
-    match row {
-        Some(row) if consumed.rows_affected == 1 => Ok(row.company_id),
-        None => Err(ApiError::bad_request(
-            "the state is unknown: start connecting again",
-        )),
-        // The UPDATE matched nothing: the state was used (perhaps by a concurrent callback) …
-        Some(row) if row.used_at.is_some() => Err(ApiError::bad_request(
-            "the state was already used: start connecting again",
-        )),
-        // … or it expired.
-        Some(_) => Err(ApiError::bad_request(
-            "the state has expired (a flow must finish within 10 minutes): start connecting again",
-        )),
-    }
-}
-
-/// Creates or updates the connection of `site` and stores its credential.
-async fn store_site(
-    state: &AppState,
-    txn: &sea_orm::DatabaseTransaction,
-    company_id: Uuid,
-    site: &Site,
-    tokens: &TokenSet,
-) -> ApiResult<ConnectedSiteOut> {
-    let now = Utc::now();
-    let external_id = site.host();
-    let metadata = serde_json::json!({ "cloudId": site.id, "siteUrl": site.url });
-    let existing = plugin_connection::Entity::find_for_company(company_id)
-        .filter(plugin_connection::Column::PluginId.eq(plugins::jira::PLUGIN_ID))
-        .filter(plugin_connection::Column::ExternalId.eq(&external_id))
-        .one(txn)
-        .await?;
-    let (connection, webhook_secret) = match existing {
-        Some(model) => {
-            // Keep the secret the site's webhook is already configured with, if readable.
-            let secret = model
-                .webhook_secret
-                .as_deref()
-                .and_then(|stored| state.cipher.decrypt(stored).ok())
-                .unwrap_or_else(generate_webhook_secret);
-            let mut active = model.into_active_model();
-            active.external_name = Set(site.name.clone());
-            active.metadata = Set(metadata);
-            active.webhook_secret = Set(Some(state.cipher.encrypt(&secret)));
-            active.status = Set(status::ACTIVE.to_owned());
-            active.updated_at = Set(now);
-            (active.update(txn).await?, secret)
-        }
-        None => {
-            let secret = generate_webhook_secret();
-            let model = plugin_connection::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                company_id: Set(company_id),
-                plugin_id: Set(plugins::jira::PLUGIN_ID.to_owned()),
-                external_id: Set(external_id),
-                external_name: Set(site.name.clone()),
-                metadata: Set(metadata),
-                webhook_secret: Set(Some(state.cipher.encrypt(&secret))),
-                status: Set(status::ACTIVE.to_owned()),
-                created_at: Set(now),
-                updated_at: Set(now),
-            };
-            (
-                plugin_connection::Entity::insert(model)
-                    .exec_with_returning(txn)
-                    .await?,
-                secret,
-            )
-        }
-    };
-
-    let previous = oauth_credential::Entity::find_by_id(connection.id)
-        .one(txn)
-        .await?;
-    let credential = oauth_credential::ActiveModel {
-        connection_id: Set(connection.id),
-        access_token: Set(state.cipher.encrypt(&tokens.access_token)),
-        refresh_token: Set(state.cipher.encrypt(&tokens.refresh_token)),
-        expires_at: Set(tokens.expires_at),
-        scope: Set(tokens.scope.clone()),
-        // A new version, so that a TokenManager holding the old token sees the change.
-        token_version: Set(previous
-            .as_ref()
-            .map_or(1, |previous| previous.token_version + 1)),
-        refreshed_at: Set(Some(now)),
-        last_error: Set(None),
-        created_at: Set(previous
-            .as_ref()
-            .map_or(now, |previous| previous.created_at)),
-        updated_at: Set(now),
-    };
-    if previous.is_some() {
-        credential.update(txn).await?;
-    } else {
-        oauth_credential::Entity::insert(credential)
-            .exec_without_returning(txn)
-            .await?;
-    }
-
-    Ok(ConnectedSiteOut {
-        webhook_url: state.webhook_url(connection.id),
-        id: connection.id,
-        webhook_secret,
-        external_id: connection.external_id,
-        external_name: connection.external_name,
-    })
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -414,14 +363,16 @@ fn render_page(out: &CallbackOut) -> String {
 <head>
 <meta charset="utf-8">
 <meta name="referrer" content="no-referrer">
-<title>Jira connected — hookline</title>
+<title>Jira connected to {company} — hookline</title>
 </head>
 <body>
-<h1>Jira connected</h1>
-<p>{count} site(s) connected. The secrets are shown only here: copy them now.</p>
+<h1>Jira connected to {company}</h1>
+<p>{count} site(s) connected to <strong>{company}</strong>. The secrets are shown only here:
+copy them now.</p>
 {sites}</body>
 </html>
 "#,
+        company = escape_html(&out.company_name),
         count = out.connections.len(),
     )
 }
@@ -437,6 +388,9 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         let page = render_page(&CallbackOut {
+            company_id: Uuid::nil(),
+            company_name: "Acme & <Co>".into(),
+            grant_id: Uuid::nil(),
             connections: vec![ConnectedSiteOut {
                 id: Uuid::nil(),
                 webhook_url: "https://h.test/webhook/jira/x".into(),
@@ -448,5 +402,6 @@ mod tests {
         assert!(!page.contains("<script>"));
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains("Settings → System → WebHooks"));
+        assert!(page.contains("Jira connected to Acme &amp; &lt;Co&gt;"));
     }
 }

@@ -116,14 +116,26 @@ pub enum OAuthError {
     /// Atlassian refused the request for another reason (bad client, bad request).
     #[error("the token endpoint refused the request: {0}")]
     Rejected(String),
-    /// The token endpoint could not be reached or failed (5xx, timeout): worth retrying.
+    /// The request reached the token endpoint but no usable answer came back (5xx, a timeout
+    /// after sending, an answer that cannot be read, even with status 200): worth retrying,
+    /// but a refresh token sent this way may have been rotated.
     #[error("the token endpoint is unavailable: {0}")]
     Transient(String),
+    /// No connection to the token endpoint could be made, so the request was not sent: worth
+    /// retrying, and a refresh token sent this way was certainly not used.
+    #[error("the token endpoint cannot be reached: {0}")]
+    Unreachable(String),
 }
 
 impl OAuthError {
     /// Whether trying again later may help.
     pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_) | Self::Unreachable(_))
+    }
+
+    /// Whether the token endpoint may have acted on the request (and so rotated the refresh
+    /// token it carried) although it answered no usable token pair.
+    pub fn may_have_rotated(&self) -> bool {
         matches!(self, Self::Transient(_))
     }
 }
@@ -219,6 +231,47 @@ impl JiraOAuth {
         token_set(response, Some(refresh_token.secret()))
     }
 
+    /// The Atlassian account `access_token` acts for (its `accountId`), read through one of
+    /// the consent's sites (`/rest/api/3/myself`, scope `read:jira-user`).
+    pub async fn account_id(&self, access_token: &str, site: &Site) -> anyhow::Result<String> {
+        use anyhow::Context as _;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Myself {
+            account_id: String,
+        }
+        anyhow::ensure!(
+            crate::jira::rest::is_cloud_id(&site.id),
+            "the site's cloudId {:?} is not a valid id",
+            site.id
+        );
+        let url = format!(
+            "{}/ex/jira/{}/rest/api/3/myself",
+            self.config.api_url.trim_end_matches('/'),
+            site.id
+        );
+        let response = self
+            .http
+            .0
+            .get(url)
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .context("could not reach Jira's /myself")?
+            .error_for_status()
+            .context("Jira's /myself failed")?;
+        let myself: Myself = response
+            .json()
+            .await
+            .context("Jira's /myself answered something without an accountId")?;
+        anyhow::ensure!(
+            !myself.account_id.is_empty(),
+            "Jira's /myself answered an empty accountId"
+        );
+        Ok(myself.account_id)
+    }
+
     /// The Jira sites `access_token` can reach.
     pub async fn accessible_resources(&self, access_token: &str) -> anyhow::Result<Vec<Site>> {
         use anyhow::Context as _;
@@ -260,13 +313,25 @@ fn token_set(
                 other => OAuthError::Rejected(format!("{other}: {description}")),
             });
         }
-        Err(RequestTokenError::Request(error)) => return Err(OAuthError::Transient(error.0)),
+        Err(RequestTokenError::Request(HttpError {
+            message,
+            sent: false,
+        })) => return Err(OAuthError::Unreachable(message)),
+        Err(RequestTokenError::Request(HttpError { message, .. })) => {
+            return Err(OAuthError::Transient(message));
+        }
+        // An answer that cannot be read (even a 200) is Atlassian's failure, not a refusal: the
+        // request may well have been acted on.
         Err(RequestTokenError::Parse(error, _)) => {
-            return Err(OAuthError::Rejected(format!(
+            return Err(OAuthError::Transient(format!(
+                "unreadable answer from the token endpoint: {error}"
+            )));
+        }
+        Err(RequestTokenError::Other(error)) => {
+            return Err(OAuthError::Transient(format!(
                 "unexpected answer from the token endpoint: {error}"
             )));
         }
-        Err(RequestTokenError::Other(error)) => return Err(OAuthError::Rejected(error)),
     };
     let refresh_token = match (response.refresh_token(), previous_refresh_token) {
         (Some(token), _) => token.secret().clone(),
@@ -304,8 +369,21 @@ fn token_set(
 
 /// A transport failure, or a 5xx from the token endpoint, as the `oauth2` crate sees it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct HttpError(String);
+#[error("{message}")]
+pub struct HttpError {
+    message: String,
+    /// Whether the request may have reached the endpoint (false: no connection was made).
+    sent: bool,
+}
+
+impl HttpError {
+    fn sent(message: String) -> Self {
+        Self {
+            message,
+            sent: true,
+        }
+    }
+}
 
 /// The `oauth2` crate's HTTP client over reqwest 0.13.
 ///
@@ -320,22 +398,25 @@ impl<'c> oauth2::AsyncHttpClient<'c> for OAuthHttp {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request)
-                .map_err(|error| HttpError(format!("invalid request: {error}")))?;
-            let response = self
-                .0
-                .execute(request)
-                .await
-                .map_err(|error| HttpError(format!("{:#}", anyhow::Error::from(error))))?;
+            let request = reqwest::Request::try_from(request).map_err(|error| HttpError {
+                message: format!("invalid request: {error}"),
+                sent: false,
+            })?;
+            let response = self.0.execute(request).await.map_err(|error| HttpError {
+                sent: !error.is_connect(),
+                message: format!("{:#}", anyhow::Error::from(error)),
+            })?;
             let status = response.status();
             if status.is_server_error() {
-                return Err(HttpError(format!("the token endpoint answered {status}")));
+                return Err(HttpError::sent(format!(
+                    "the token endpoint answered {status}"
+                )));
             }
             let headers = response.headers().clone();
             let body = response
                 .bytes()
                 .await
-                .map_err(|error| HttpError(format!("reading the answer failed: {error}")))?;
+                .map_err(|error| HttpError::sent(format!("reading the answer failed: {error}")))?;
             let mut http_response = HttpResponse::new(body.to_vec());
             *http_response.status_mut() = status;
             *http_response.headers_mut() = headers;

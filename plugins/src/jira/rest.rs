@@ -10,6 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::jira::token_manager::{TokenError, TokenManager};
+use crate::retry_after::parse_retry_after;
 
 /// Why a Jira REST call failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +109,7 @@ impl JiraClient {
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(|value| parse_retry_after(value, chrono::Utc::now()));
                 Err(JiraError::RateLimited { retry_after })
             }
             other => Err(JiraError::Upstream(other)),
@@ -146,8 +146,10 @@ fn is_issue_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn is_cloud_id(cloud_id: &str) -> bool {
-    !cloud_id.is_empty() && cloud_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+/// Whether `cloud_id` is an Atlassian cloud id: a UUID in its hyphenated form (safe in a path
+/// segment). Checked when a site is connected, and again before every call.
+pub fn is_cloud_id(cloud_id: &str) -> bool {
+    cloud_id.len() == 36 && Uuid::try_parse(cloud_id).is_ok()
 }
 
 #[cfg(test)]
@@ -163,5 +165,7 @@ mod tests {
         assert!(!is_issue_key(""));
         assert!(is_cloud_id("6f2c9a14-3b7e-4d21-a8f5-0c9e7b3d5a12"));
         assert!(!is_cloud_id("x/../y"));
+        assert!(!is_cloud_id("6f2c9a14"));
+        assert!(!is_cloud_id("6f2c9a143b7e4d21a8f50c9e7b3d5a12"));
     }
 }

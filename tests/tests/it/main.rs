@@ -10,6 +10,7 @@ mod enrichment;
 mod events;
 mod faults;
 mod fuzz_ingest;
+mod grants;
 mod helpers;
 mod ingest;
 mod ingest_guards;

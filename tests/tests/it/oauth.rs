@@ -1,7 +1,7 @@
 //! The OAuth connect flow, the issue read-through and revoked grants (DESIGN §4, §5, §10).
 
 use api::Role;
-use entity::{oauth_credential, oauth_state, plugin_connection};
+use entity::{oauth_grant, oauth_state, plugin_connection};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use tests::fake_atlassian::{self, FakeAtlassian};
 use tests::{Backend, TestApp, TestEnv};
@@ -32,8 +32,24 @@ pub async fn start_with_fake(backend: Backend) -> Option<(FakeAtlassian, TestEnv
     Some((fake, env, app))
 }
 
-/// Starts the flow as `api_key`'s company and consents at the fake; returns the callback URL.
-pub async fn consented_callback(app: &TestApp, fake: &FakeAtlassian, api_key: &str) -> String {
+/// A consent given at the fake: where Atlassian sends the browser back, and the cookie the
+/// browser got when it started the flow.
+pub struct Consented {
+    /// The callback URL with `code` and `state`.
+    pub url: String,
+    /// The flow's cookie, as a `Cookie` header.
+    pub cookie: String,
+}
+
+impl Consented {
+    /// The browser following Atlassian's redirect back.
+    pub fn get(&self, app: &TestApp) -> reqwest::RequestBuilder {
+        app.client.get(&self.url).header("cookie", &self.cookie)
+    }
+}
+
+/// Starts the flow as `api_key`'s company and consents at the fake.
+pub async fn consented_callback(app: &TestApp, fake: &FakeAtlassian, api_key: &str) -> Consented {
     let response = app
         .client
         .post(app.url("/api/v1/connections/jira/authorize"))
@@ -42,15 +58,17 @@ pub async fn consented_callback(app: &TestApp, fake: &FakeAtlassian, api_key: &s
         .await
         .expect("request");
     assert_eq!(response.status(), 200, "authorize");
+    let cookie = tests::cookies_of(&response);
+    assert!(
+        !cookie.is_empty(),
+        "the authorize step sets the flow's cookie"
+    );
     let body: serde_json::Value = response.json().await.expect("json");
     let authorize_url = body["authorizeUrl"].as_str().expect("authorizeUrl");
     assert!(authorize_url.starts_with(&fake.url));
-    let callback = fake.consent(authorize_url);
-    assert!(
-        callback.starts_with(&app.url("/oauth/jira/callback?")),
-        "{callback}"
-    );
-    callback
+    let url = fake.consent(authorize_url);
+    assert!(url.starts_with(&app.url("/oauth/jira/callback?")), "{url}");
+    Consented { url, cookie }
 }
 
 /// The whole flow with a JSON answer; returns the connections.
@@ -60,9 +78,8 @@ pub async fn connect_sites(
     api_key: &str,
 ) -> Vec<serde_json::Value> {
     let callback = consented_callback(app, fake, api_key).await;
-    let response = app
-        .client
-        .get(callback)
+    let response = callback
+        .get(app)
         .header("accept", "application/json")
         .send()
         .await
@@ -111,20 +128,30 @@ async fn connecting_creates_one_connection_per_site_and_reconnecting_updates_the
         assert!(!text.contains(&token), "a token is in the API answer");
     }
 
-    // Tokens are encrypted at rest.
-    let credentials = oauth_credential::Entity::find()
+    // One consent is one grant, shared by both sites; tokens are encrypted at rest.
+    let grants = oauth_grant::Entity::find()
         .all(&app.db)
         .await
         .expect("rows");
-    assert_eq!(credentials.len(), 2);
-    for credential in &credentials {
-        let row = format!("{credential:?}");
-        for token in fake.issued_tokens() {
-            assert!(!row.contains(&token), "a token is stored in plaintext");
-        }
-        assert!(credential.access_token.starts_with("v1."));
-        assert!(credential.scope.contains("offline_access"));
+    assert_eq!(grants.len(), 1, "one grant for the consent's two sites");
+    let grant = &grants[0];
+    let row = format!("{grant:?}");
+    for token in fake.issued_tokens() {
+        assert!(!row.contains(&token), "a token is stored in plaintext");
     }
+    assert!(grant.access_token.starts_with("v1."));
+    assert!(grant.scope.contains("offline_access"));
+    assert_eq!(
+        grant.account_id.as_deref(),
+        Some(fake_atlassian::ACCOUNT_ID)
+    );
+    let sites = plugin_connection::Entity::find()
+        .all(&app.db)
+        .await
+        .expect("rows");
+    assert!(sites.iter().all(|site| site.grant_id == Some(grant.id)));
+    assert_eq!(shown["grant"]["id"], grant.id.to_string());
+    assert_eq!(shown["grant"]["status"], "active");
 
     // Connecting again, with the HTML answer, updates the same connections.
     plugin_connection::Entity::update_many()
@@ -136,7 +163,7 @@ async fn connecting_creates_one_connection_per_site_and_reconnecting_updates_the
         .await
         .expect("update");
     let callback = consented_callback(&app, &fake, &api_key).await;
-    let response = app.client.get(callback).send().await.expect("request");
+    let response = callback.get(&app).send().await.expect("request");
     assert_eq!(response.status(), 200);
     assert!(
         response
@@ -166,12 +193,16 @@ async fn connecting_creates_one_connection_per_site_and_reconnecting_updates_the
         .map(|row| row.status)
         .collect();
     assert_eq!(statuses, ["active", "active"]);
-    let credential = oauth_credential::Entity::find_by_id(id.parse::<uuid::Uuid>().expect("uuid"))
-        .one(&app.db)
+    let grants = oauth_grant::Entity::find()
+        .all(&app.db)
         .await
-        .expect("query")
-        .expect("credential");
-    assert_eq!(credential.token_version, 2, "a new credential");
+        .expect("rows");
+    assert_eq!(
+        grants.len(),
+        1,
+        "the account's grant is replaced, not duplicated"
+    );
+    assert_eq!(grants[0].token_version, 2, "new tokens, a new version");
     assert_eq!(fake.code_exchanges(), 2);
 
     app.stop().await;
@@ -184,17 +215,15 @@ async fn a_replayed_unknown_or_expired_state_is_refused(backend: Backend) {
     };
     let (_, api_key) = app.create_company("Northwind").await;
     let callback = consented_callback(&app, &fake, &api_key).await;
-    let first = app
-        .client
-        .get(&callback)
+    let first = callback
+        .get(&app)
         .header("accept", "application/json")
         .send()
         .await
         .expect("request");
     assert_eq!(first.status(), 200);
-    let replay = app
-        .client
-        .get(&callback)
+    let replay = callback
+        .get(&app)
         .header("accept", "application/json")
         .send()
         .await
@@ -235,7 +264,7 @@ async fn a_replayed_unknown_or_expired_state_is_refused(backend: Backend) {
         .exec(&app.db)
         .await
         .expect("expire");
-    let expired = app.client.get(&callback).send().await.expect("request");
+    let expired = callback.get(&app).send().await.expect("request");
     assert_eq!(expired.status(), 400);
     let error: serde_json::Value = expired.json().await.expect("json");
     assert!(
@@ -401,18 +430,27 @@ async fn a_revoked_grant_makes_the_connection_reauth_required(backend: Backend) 
         .await
         .expect("json");
     assert_eq!(shown["status"], "reauth_required");
-    let credential = oauth_credential::Entity::find()
-        .filter(oauth_credential::Column::ConnectionId.eq(id.parse::<uuid::Uuid>().expect("uuid")))
-        .one(&app.db)
-        .await
-        .expect("query")
-        .expect("credential");
+    assert_eq!(shown["grant"]["status"], "reauth_required");
     assert!(
-        credential
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("invalid_grant"))
+        shown["grant"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid_grant")),
+        "{shown}"
     );
+    // The other site of the consent is reauth_required too: the grant is one.
+    let other = connections[1]["id"].as_str().expect("id");
+    let shown: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/connections/{other}")))
+        .bearer_auth(&api_key)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["status"], "reauth_required");
+    assert!(shown["statusReason"].as_str().is_some(), "{shown}");
 
     // Never retried in a loop: a second read does not reach the token endpoint again.
     let before = fake.issue_requests();

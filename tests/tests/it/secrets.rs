@@ -118,10 +118,7 @@ async fn database_dump(app: &TestApp) -> String {
             .all(db)
             .await
             .expect("connections"),
-        oauth_credential::Entity::find()
-            .all(db)
-            .await
-            .expect("credentials"),
+        oauth_grant::Entity::find().all(db).await.expect("grants"),
         oauth_state::Entity::find().all(db).await.expect("states"),
         subscription::Entity::find()
             .all(db)

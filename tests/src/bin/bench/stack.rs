@@ -463,20 +463,34 @@ impl Stack {
     /// consent, callback (JSON). Returns the connection of the fake's first site, whose cloud
     /// id the fake's issue API serves.
     async fn connect_through_oauth(&self, api_key: &str) -> anyhow::Result<serde_json::Value> {
-        let authorize = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/connections/jira/authorize",
-                api_key,
-                None,
-            )
-            .await?;
+        let response = self
+            .client
+            .post(format!(
+                "{}/api/v1/connections/jira/authorize",
+                self.api_url
+            ))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .context("POST /api/v1/connections/jira/authorize")?;
+        ensure!(
+            response.status().is_success(),
+            "authorize answered {}",
+            response.status()
+        );
+        // The callback wants the cookie the browser got when it started the flow.
+        let cookie = tests::cookies_of(&response);
+        let authorize: serde_json::Value = response
+            .json()
+            .await
+            .context("reading the authorize answer")?;
         let callback = self
             .fake
             .consent(&string_field(&authorize, "authorizeUrl")?);
         let response = self
             .client
             .get(&callback)
+            .header("cookie", cookie)
             .header("accept", "application/json")
             .send()
             .await
