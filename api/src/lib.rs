@@ -8,6 +8,7 @@ pub mod auth;
 pub mod body_guard;
 pub mod config;
 pub mod connection_cache;
+pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;

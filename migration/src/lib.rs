@@ -17,6 +17,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_core_tables;
 mod m20261128_000002_add_replay_of_to_webhook_event;
+mod m20261201_000001_create_console_session;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_core_tables::Migration),
             Box::new(m20261128_000002_add_replay_of_to_webhook_event::Migration),
+            Box::new(m20261201_000001_create_console_session::Migration),
         ]
     }
 }

@@ -21,6 +21,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::auth::CompanyAuth;
+use crate::console::connected::{ConnectedSite, connected_page};
+use crate::console::layout::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::ApiTags;
 use crate::routes::connections::generate_webhook_secret;
@@ -86,7 +88,12 @@ pub enum CallbackBody {
 pub enum CallbackResponse {
     /// The sites are connected.
     #[oai(status = 200)]
-    Connected(CallbackBody),
+    Connected(
+        CallbackBody,
+        /// `no-store`: the answer carries webhook secrets.
+        #[oai(header = "Cache-Control")]
+        String,
+    ),
 }
 
 #[OpenApi(tag = "ApiTags::Connections")]
@@ -105,24 +112,8 @@ impl OAuthApi {
         auth: CompanyAuth,
         state: poem::web::Data<&AppState>,
     ) -> ApiResult<AuthorizeResponse> {
-        let oauth = state.jira.tokens().oauth().ok_or_else(not_configured)?;
-        let mut bytes = [0u8; 32];
-        rand::fill(&mut bytes);
-        let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = Utc::now();
-        oauth_state::Entity::insert(oauth_state::ActiveModel {
-            state: Set(value.clone()),
-            company_id: Set(auth.0.id),
-            plugin_id: Set(plugins::jira::PLUGIN_ID.to_owned()),
-            expires_at: Set(now + STATE_LIFETIME),
-            used_at: Set(None),
-            created_at: Set(now),
-        })
-        .exec_without_returning(&state.db)
-        .await?;
-        Ok(AuthorizeResponse::Ok(Json(AuthorizeOut {
-            authorize_url: oauth.authorize_url(&value),
-        })))
+        let authorize_url = start_authorization(&state, auth.0.id).await?;
+        Ok(AuthorizeResponse::Ok(Json(AuthorizeOut { authorize_url })))
     }
 
     /// Finish connecting Jira sites
@@ -221,12 +212,35 @@ impl OAuthApi {
         let wants_json = accept
             .0
             .is_some_and(|accept| accept.contains("application/json"));
-        Ok(CallbackResponse::Connected(if wants_json {
+        let body = if wants_json {
             CallbackBody::Json(Json(out))
         } else {
             CallbackBody::Html(Html(render_page(&out)))
-        }))
+        };
+        Ok(CallbackResponse::Connected(body, "no-store".to_owned()))
     }
+}
+
+/// Starts a flow for `company_id`: records a new single-use `state` and returns Atlassian's
+/// consent URL carrying it. The API's `authorize_jira` and the console's `Connect Jira` button
+/// both start here.
+pub(crate) async fn start_authorization(state: &AppState, company_id: Uuid) -> ApiResult<String> {
+    let oauth = state.jira.tokens().oauth().ok_or_else(not_configured)?;
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = Utc::now();
+    oauth_state::Entity::insert(oauth_state::ActiveModel {
+        state: Set(value.clone()),
+        company_id: Set(company_id),
+        plugin_id: Set(plugins::jira::PLUGIN_ID.to_owned()),
+        expires_at: Set(now + STATE_LIFETIME),
+        used_at: Set(None),
+        created_at: Set(now),
+    })
+    .exec_without_returning(&state.db)
+    .await?;
+    Ok(oauth.authorize_url(&value))
 }
 
 fn not_configured() -> ApiError {
@@ -357,73 +371,21 @@ async fn store_site(
     })
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape_html(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
+/// The callback's page: the console's page of connected sites (webhook URL, secret, the steps
+/// to register the webhook in Jira).
 fn render_page(out: &CallbackOut) -> String {
-    let mut sites = String::new();
-    for connection in &out.connections {
-        let site_url = format!("https://{}", connection.external_id);
-        sites.push_str(&format!(
-            r#"<section>
-<h2>{name} <small>({external_id})</small></h2>
-<dl>
-<dt>Connection id</dt><dd><code>{id}</code></dd>
-<dt>Webhook URL</dt><dd><code>{webhook_url}</code></dd>
-<dt>Secret</dt><dd><code>{secret}</code></dd>
-</dl>
-<h3>Register the webhook in Jira</h3>
-<ol>
-<li>In <a href="{site_url}/plugins/servlet/webhooks" rel="noopener">{external_id}</a>, open
-<strong>Settings → System → WebHooks</strong> and choose <strong>Create a WebHook</strong>.</li>
-<li>URL: <code>{webhook_url}</code></li>
-<li>Secret: <code>{secret}</code></li>
-<li>Events: under <em>Issue</em> tick <strong>created</strong>, <strong>updated</strong> and
-<strong>deleted</strong>; under <em>Comment</em> tick <strong>created</strong>,
-<strong>updated</strong> and <strong>deleted</strong>; optionally <em>Worklog</em> and
-<em>Issue link</em> events.</li>
-<li>Optionally limit the issues with a JQL filter, e.g. <code>project = ABC</code>.</li>
-<li>Save. Jira signs every delivery with the secret; hookline checks the signature.</li>
-</ol>
-</section>
-"#,
-            name = escape_html(&connection.external_name),
-            external_id = escape_html(&connection.external_id),
-            id = connection.id,
-            webhook_url = escape_html(&connection.webhook_url),
-            secret = escape_html(&connection.webhook_secret),
-            site_url = escape_html(&site_url),
-        ));
-    }
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="referrer" content="no-referrer">
-<title>Jira connected — hookline</title>
-</head>
-<body>
-<h1>Jira connected</h1>
-<p>{count} site(s) connected. The secrets are shown only here: copy them now.</p>
-{sites}</body>
-</html>
-"#,
-        count = out.connections.len(),
-    )
+    let sites: Vec<ConnectedSite<'_>> = out
+        .connections
+        .iter()
+        .map(|connection| ConnectedSite {
+            id: connection.id,
+            name: &connection.external_name,
+            external_id: &connection.external_id,
+            webhook_url: &connection.webhook_url,
+            webhook_secret: &connection.webhook_secret,
+        })
+        .collect();
+    connected_page("Jira connected", &sites, Viewer::Anonymous).into_string()
 }
 
 #[cfg(test)]
@@ -431,11 +393,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape_html(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn the_page_escapes_names_and_shows_the_jira_steps() {
         let page = render_page(&CallbackOut {
             connections: vec![ConnectedSiteOut {
                 id: Uuid::nil(),
@@ -445,8 +403,10 @@ mod tests {
                 external_name: "<script>alert(1)</script>".into(),
             }],
         });
-        assert!(!page.contains("<script>"));
+        assert!(!page.contains("<script>alert"));
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains("Settings → System → WebHooks"));
+        assert!(page.contains("https://h.test/webhook/jira/x"));
+        assert!(page.contains("s3cret"));
     }
 }

@@ -2,6 +2,8 @@
 
 mod api;
 mod bad_input;
+mod console;
+mod console_browser;
 mod delivery;
 mod embedded;
 mod enrichment;
