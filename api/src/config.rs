@@ -114,6 +114,16 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_DISABLE_FAILING_AFTER", default_value = "5d", value_parser = parse_duration)]
     pub disable_failing_after: Duration,
 
+    /// Events older than this are deleted, with their deliveries and delivery attempts, by the
+    /// workers (an event whose delivery is still pending or in retry is kept until it ends);
+    /// `0s` keeps everything.
+    #[arg(long, env = "HOOKLINE_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How often retention pruning runs (one worker runs it, however many there are).
+    #[arg(long, env = "HOOKLINE_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
     /// Jobs of one queue a worker process runs at once.
     #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
@@ -218,15 +228,7 @@ impl Settings {
 
     /// Checks everything that can be checked without connecting anywhere.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let url = self.database_url.as_str();
-        if !(url.starts_with("postgres://")
-            || url.starts_with("postgresql://")
-            || url.starts_with("sqlite:"))
-        {
-            bail!(
-                "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got a URL with another scheme)"
-            );
-        }
+        self.validate_for_migrate()?;
         if !self.is_embedded() && self.redis_url.is_none() {
             bail!(
                 "REDIS_URL is required with a Postgres DATABASE_URL (the embedded queue exists only with SQLite)"
@@ -267,8 +269,34 @@ impl Settings {
         if self.sweep_interval < Duration::from_millis(50) {
             bail!("HOOKLINE_SWEEP_INTERVAL must be at least 50ms");
         }
+        if self.retention_interval < Duration::from_secs(1) {
+            bail!("HOOKLINE_RETENTION_INTERVAL must be at least 1s");
+        }
+        if !self.retention.is_zero() && self.retention < Duration::from_secs(60) {
+            bail!(
+                "HOOKLINE_RETENTION must be 0s (keep everything) or at least 1m (got {:?})",
+                self.retention
+            );
+        }
         if self.queue_prefix.is_empty() || self.queue_prefix.contains(char::is_whitespace) {
             bail!("HOOKLINE_QUEUE_PREFIX must be non-empty and without spaces");
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Checks what `hookline migrate` needs: only `DATABASE_URL` (a migration job must not
+    /// depend on Redis or on the application's secrets).
+    pub fn validate_for_migrate(&self) -> anyhow::Result<()> {
+        let url = self.database_url.as_str();
+        if !(url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+            || url.starts_with("sqlite:"))
+        {
+            bail!(
+                "DATABASE_URL must start with postgres://, postgresql:// or sqlite: (got a URL with another scheme)"
+            );
         }
         Ok(())
     }
@@ -354,6 +382,21 @@ mod tests {
         let settings = Settings::from_env();
         assert!(settings.is_embedded());
         settings.validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn migrate_needs_only_the_database_url() {
+        let mut settings = Settings::from_env();
+        settings.database_url = "postgres://postgres@127.0.0.1/test".into();
+        settings.redis_url = None;
+        settings.encryption_key = None;
+        settings
+            .validate_for_migrate()
+            .expect("migrate needs no Redis");
+        assert!(settings.validate().is_err(), "serving does need Redis");
+        settings.database_url = "mysql://localhost/x".into();
+        let error = settings.validate_for_migrate().expect_err("scheme");
+        assert!(error.to_string().contains("DATABASE_URL"), "{error}");
     }
 
     #[test]

@@ -6,13 +6,16 @@
 pub mod allow;
 pub mod auth;
 pub mod body_guard;
+pub mod check;
 pub mod config;
 pub mod connection_cache;
 pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
+pub mod metrics_catalog;
 pub mod payload;
+pub mod process_metrics;
 pub mod rate_limit;
 pub mod routes;
 pub mod sink;

@@ -5,9 +5,18 @@ use api::config::Settings;
 use api::{Application, Role, telemetry};
 use clap::{Parser, Subcommand};
 
-/// hookline: Jira Cloud webhooks, recorded durably, enriched and delivered to your systems.
+/// Connects your Jira Cloud sites to your own systems: Jira posts its webhooks to hookline,
+/// which records each one durably, answers at once, enriches it through the Jira REST API and
+/// delivers it, signed, to every subscriber that wants it, with retries.
+///
+/// `hookline` alone runs everything in one process on an embedded SQLite database (for trying
+/// it out: open http://127.0.0.1:8080/). In production run `hookline migrate` once per
+/// release, then `hookline serve` (the API) and `hookline worker` (scale these) against
+/// Postgres (DATABASE_URL) and Redis (REDIS_URL); `hookline check` tells what a deployment's
+/// settings reach. Every setting is a flag with an environment variable behind it: see
+/// `hookline <command> --help`.
 #[derive(Parser)]
-#[command(name = "hookline", version, about)]
+#[command(name = "hookline", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -21,8 +30,11 @@ enum Command {
     Serve(Settings),
     /// The workers only; scale these horizontally.
     Worker(Settings),
-    /// Apply database migrations and exit.
+    /// Apply database migrations and exit (needs only DATABASE_URL).
     Migrate(Settings),
+    /// Validate the settings, try the database, the queue and the Atlassian URLs, and print
+    /// what was found (secrets redacted); exits non-zero when a check fails.
+    Check(Settings),
     /// Print the OpenAPI document and exit.
     Openapi,
     /// A small subscriber that verifies and prints deliveries (for trying hookline out).
@@ -43,9 +55,17 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Sink(settings)) => return api::sink::run(settings).await,
         Some(Command::Migrate(settings)) => {
             telemetry::init_logging(settings.log_format);
-            settings.validate()?;
+            settings.validate_for_migrate()?;
             api::startup::migrate(&settings).await?;
             tracing::info!("migrations applied");
+            return Ok(());
+        }
+        Some(Command::Check(settings)) => {
+            let report = api::check::run(&settings).await;
+            print!("{}", report.render(&settings));
+            if !report.ok() {
+                std::process::exit(1);
+            }
             return Ok(());
         }
         Some(Command::All(settings)) => (Role::All, settings),

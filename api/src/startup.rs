@@ -140,6 +140,8 @@ impl Application {
                 delivery_connect_timeout: settings.delivery_connect_timeout,
                 delivery_timeout: settings.delivery_timeout,
                 disable_failing_after: settings.disable_failing_after,
+                retention: (!settings.retention.is_zero()).then_some(settings.retention),
+                retention_interval: settings.retention_interval,
                 ..WorkerSettings::default()
             }),
             jira: jira.clone(),
@@ -194,6 +196,15 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if self.role == Role::Serve {
+            // The backlog gauges are sampled from the database by every worker; an API-only
+            // process samples them too, so that it exposes every family from start-up (the
+            // values are the same in every process: dashboards take their max).
+            tokio::spawn(worker::sampler::run(
+                self.job_context.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let stopped = move || {
             let mut stop_rx = stop_rx.clone();
             async move {
@@ -371,7 +382,7 @@ fn metrics_routes(metrics: Option<PrometheusHandle>) -> BoxEndpoint<'static> {
             poem::endpoint::make_sync(move |_| {
                 metrics
                     .as_ref()
-                    .map(|handle| handle.render())
+                    .map(crate::telemetry::render)
                     .unwrap_or_default()
             }),
         )

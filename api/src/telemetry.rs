@@ -17,7 +17,8 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Installs the process-wide Prometheus recorder and returns the handle that renders it.
+/// Installs the process-wide Prometheus recorder, registers every family of
+/// [`crate::metrics_catalog`] and returns the handle that renders them.
 pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -40,114 +41,14 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()
         .map_err(|error| anyhow::anyhow!("could not install the Prometheus recorder: {error}"))?;
-    describe_metrics();
+    crate::metrics_catalog::register_all();
     Ok(handle)
 }
 
-/// The help text and unit of every metric hookline exports (DESIGN §7): the `# HELP` lines of
-/// `/metrics`, and the list an operator reads to know what there is.
-fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-
-    // Ingest (API).
-    describe_counter!(
-        "hookline_ingest_requests_total",
-        "Webhook requests answered, by outcome (accepted, duplicate, or the error code)"
-    );
-    describe_histogram!(
-        "hookline_ingest_duration_seconds",
-        Unit::Seconds,
-        "Time from a webhook request's arrival to its answer"
-    );
-    describe_histogram!(
-        "hookline_ingest_batch_rows",
-        "Events written per group commit of the ingest path"
-    );
-    describe_histogram!(
-        "hookline_ingest_batch_duration_seconds",
-        Unit::Seconds,
-        "Time one group commit of the ingest path took"
-    );
-    describe_counter!(
-        "hookline_enqueue_failures_total",
-        "Jobs that could not be pushed after their row was committed (the sweeper recovers them)"
-    );
-
-    // Jobs (worker).
-    describe_counter!("hookline_jobs_total", "Jobs run, by job and outcome");
-    describe_histogram!(
-        "hookline_job_duration_seconds",
-        Unit::Seconds,
-        "Time one job run took, by job"
-    );
-    describe_counter!(
-        "hookline_sweeper_requeued_total",
-        "Rows whose job was lost or due and that the sweeper enqueued, by stage"
-    );
-    describe_counter!(
-        "hookline_worker_restarts_total",
-        "Queue workers restarted after their backend failed (e.g. Redis lost its keys), by queue"
-    );
-    describe_counter!(
-        "hookline_queue_jobs_removed_total",
-        "Finished jobs the janitor removed from the queue backend"
-    );
-    describe_counter!(
-        "hookline_enrichment_total",
-        "Events enriched through the Jira API, by enrichment status (ok, skipped, failed)"
-    );
-    describe_counter!(
-        "hookline_jira_api_calls_total",
-        "Calls to the Jira REST API, by HTTP status"
-    );
-    describe_counter!(
-        "hookline_jira_rate_limited_total",
-        "Jira REST API calls answered 429"
-    );
-    describe_counter!(
-        "hookline_token_refreshes_total",
-        "OAuth token refreshes, by outcome"
-    );
-    describe_counter!(
-        "hookline_delivery_attempts_total",
-        "Delivery attempts to subscribers, by outcome"
-    );
-    describe_histogram!(
-        "hookline_delivery_attempt_duration_seconds",
-        Unit::Seconds,
-        "Time one delivery attempt took"
-    );
-    describe_histogram!(
-        "hookline_delivery_end_to_end_seconds",
-        Unit::Seconds,
-        "Time from an event's receipt to its successful delivery to one subscriber"
-    );
-    describe_counter!(
-        "hookline_deliveries_dead_total",
-        "Deliveries that ran out of retries (or failed permanently) and are dead"
-    );
-    describe_counter!(
-        "hookline_subscriptions_disabled_total",
-        "Subscriptions disabled after failing for too long"
-    );
-
-    // Sampled on a timer by the workers.
-    describe_gauge!(
-        "hookline_queue_depth",
-        "Rows waiting per stage in the database (events not yet processed, deliveries due)"
-    );
-    describe_gauge!(
-        "hookline_queue_oldest_age_seconds",
-        Unit::Seconds,
-        "Age of the oldest row waiting per stage"
-    );
-    describe_gauge!(
-        "hookline_queue_jobs",
-        "Jobs waiting in the queue backend, by queue and state (ready, scheduled)"
-    );
-    describe_gauge!(
-        "hookline_deliveries_dead",
-        "Dead deliveries in the database"
-    );
-    describe_gauge!("hookline_connections", "Connections by status");
+/// The Prometheus text exposition of this process: every hookline family, then the standard
+/// process families.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut exposition = handle.render();
+    crate::process_metrics::append_to(&mut exposition);
+    exposition
 }

@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod delivery_attempt;
 pub mod oauth_credential;
 pub mod oauth_state;
+pub mod periodic_task;
 pub mod plugin_connection;
 pub mod prelude;
 pub mod subscription;

@@ -7,6 +7,7 @@ pub use super::delivery::Entity as Delivery;
 pub use super::delivery_attempt::Entity as DeliveryAttempt;
 pub use super::oauth_credential::Entity as OauthCredential;
 pub use super::oauth_state::Entity as OauthState;
+pub use super::periodic_task::Entity as PeriodicTask;
 pub use super::plugin_connection::Entity as PluginConnection;
 pub use super::subscription::Entity as Subscription;
 pub use super::webhook_event::Entity as WebhookEvent;

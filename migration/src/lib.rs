@@ -17,7 +17,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_core_tables;
 mod m20261128_000002_add_replay_of_to_webhook_event;
-mod m20261201_000001_create_console_session;
+mod m20261201_100000_create_periodic_task;
+mod m20261201_120000_create_console_session;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -28,7 +29,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_core_tables::Migration),
             Box::new(m20261128_000002_add_replay_of_to_webhook_event::Migration),
-            Box::new(m20261201_000001_create_console_session::Migration),
+            Box::new(m20261201_100000_create_periodic_task::Migration),
+            Box::new(m20261201_120000_create_console_session::Migration),
         ]
     }
 }

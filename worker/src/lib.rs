@@ -8,7 +8,9 @@ pub mod enrichment;
 pub mod janitor;
 pub mod jobs;
 pub mod matching;
+pub mod periodic;
 pub mod queue;
+pub mod retention;
 pub mod runner;
 pub mod sampler;
 pub mod signature;
@@ -54,6 +56,11 @@ pub struct WorkerSettings {
     pub delivery_timeout: Duration,
     /// A subscription whose deliveries fail without a success for this long is disabled.
     pub disable_failing_after: Duration,
+    /// Events (with their deliveries and attempts) older than this are deleted; `None` keeps
+    /// everything.
+    pub retention: Option<Duration>,
+    /// How often retention pruning runs, across all workers together.
+    pub retention_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -74,6 +81,8 @@ impl Default for WorkerSettings {
             delivery_connect_timeout: Duration::from_secs(5),
             delivery_timeout: Duration::from_secs(15),
             disable_failing_after: Duration::from_secs(5 * 86_400),
+            retention: Some(Duration::from_secs(30 * 86_400)),
+            retention_interval: Duration::from_secs(3600),
         }
     }
 }

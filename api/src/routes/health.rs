@@ -88,7 +88,7 @@ impl HealthApi {
             state
                 .metrics
                 .as_ref()
-                .map(|handle| handle.render())
+                .map(crate::telemetry::render)
                 .unwrap_or_default(),
         )
     }

@@ -66,7 +66,7 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
@@ -91,11 +91,11 @@ async fn wait_healthy(base: &str) {
     .await;
 }
 
-fn repository_root() -> PathBuf {
+pub(crate) fn repository_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     Command::new(tool)
         .arg("--version")
         .output()
@@ -181,85 +181,7 @@ async fn the_banner_points_at_the_console_and_the_readme_walkthrough_works() {
         .text()
         .await
         .expect("metrics text");
-    check_exposition(&exposition, dir.path());
-}
-
-/// The metric families DESIGN §7 asks for, as they appear after one event went through.
-const EXPECTED_FAMILIES: &[&str] = &[
-    "hookline_ingest_requests_total",
-    "hookline_ingest_duration_seconds",
-    "hookline_ingest_batch_rows",
-    "hookline_queue_depth",
-    "hookline_queue_oldest_age_seconds",
-    "hookline_queue_jobs",
-    "hookline_jobs_total",
-    "hookline_job_duration_seconds",
-    "hookline_enrichment_total",
-    "hookline_delivery_attempts_total",
-    "hookline_delivery_attempt_duration_seconds",
-    "hookline_delivery_end_to_end_seconds",
-    "hookline_deliveries_dead",
-    "hookline_connections",
-];
-
-/// Checks a Prometheus text exposition: every family has `# HELP` and `# TYPE`, counters end in
-/// `_total`, the expected families are there; and `promtool check metrics` passes when promtool
-/// is installed.
-fn check_exposition(text: &str, scratch: &Path) {
-    let mut help = std::collections::BTreeSet::new();
-    let mut types = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, description) = rest.split_once(' ').expect("HELP line has a text");
-            assert!(!description.trim().is_empty(), "empty help for {name}");
-            help.insert(name.to_owned());
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE line has a type");
-            types.insert(name.to_owned(), kind.to_owned());
-        }
-    }
-    for family in EXPECTED_FAMILIES {
-        assert!(
-            types.contains_key(*family),
-            "{family} missing from:\n{text}"
-        );
-    }
-    for (name, kind) in &types {
-        assert!(name.starts_with("hookline_"), "{name} lacks the prefix");
-        assert!(help.contains(name), "{name} has no HELP line");
-        if kind == "counter" {
-            assert!(
-                name.ends_with("_total"),
-                "counter {name} must end in _total"
-            );
-        } else {
-            assert!(
-                !name.ends_with("_total"),
-                "{kind} {name} must not end in _total"
-            );
-        }
-    }
-    if have("promtool") {
-        let file = scratch.join("metrics.txt");
-        std::fs::write(&file, text).expect("write metrics");
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("promtool check metrics < {}", file.display()))
-            .output()
-            .expect("run promtool");
-        assert!(
-            output.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    } else {
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "NOTICE: promtool not installed: `promtool check metrics` SKIPPED (the built-in checks ran)"
-        );
-    }
+    crate::metrics::check_exposition(&exposition, dir.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,9 +2,11 @@
 
 mod api;
 mod bad_input;
+mod check;
 mod console;
 mod console_browser;
 mod delivery;
+mod deploy;
 mod embedded;
 mod enrichment;
 mod events;
@@ -12,13 +14,16 @@ mod faults;
 mod fuzz_ingest;
 mod helpers;
 mod ingest;
+mod metrics;
 mod oauth;
 mod openapi;
 mod processing;
 mod rate_limit;
+mod retention;
 mod scaling;
 mod schemathesis;
 mod secrets;
+mod self_contained;
 mod soak;
 mod ssrf;
 mod subscriptions;
