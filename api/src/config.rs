@@ -136,6 +136,23 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub body_limit_bytes: usize,
 
+    /// Most bytes of webhook bodies one API process holds at once (bodies being read or waiting
+    /// for their commit; a body counts with its declared `Content-Length` from the start). A
+    /// webhook that does not fit is answered 503 with `Retry-After` before its body is read
+    /// (Jira retries). At least `HOOKLINE_BODY_LIMIT_BYTES`.
+    #[arg(long, env = "HOOKLINE_INGEST_BODY_BYTES_IN_FLIGHT", default_value_t = 32 * 1024 * 1024)]
+    pub ingest_body_bytes_in_flight: usize,
+
+    /// Slowest a webhook body may arrive, in bytes per second on average since the request
+    /// started, once `HOOKLINE_INGEST_BODY_GRACE` has passed; slower bodies are cut off with
+    /// 408 (Jira retries). `0` turns the floor off.
+    #[arg(long, env = "HOOKLINE_INGEST_MIN_BODY_BYTES_PER_SEC", default_value_t = 8 * 1024)]
+    pub ingest_min_body_bytes_per_sec: u64,
+
+    /// How long a webhook body may take to arrive before the floor rate applies.
+    #[arg(long, env = "HOOKLINE_INGEST_BODY_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub ingest_body_grace: Duration,
+
     /// Webhooks one connection may send per second, on average, to one API process (over
     /// it: 429 with `Retry-After`); `0` turns the limit off.
     #[arg(long, env = "HOOKLINE_INGEST_RATE_LIMIT", default_value_t = 100)]
@@ -257,6 +274,13 @@ impl Settings {
         }
         if self.body_limit_bytes < 1024 {
             bail!("HOOKLINE_BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.ingest_body_bytes_in_flight < self.body_limit_bytes {
+            bail!(
+                "HOOKLINE_INGEST_BODY_BYTES_IN_FLIGHT ({}) must be at least HOOKLINE_BODY_LIMIT_BYTES ({}): a body at the limit could never be received",
+                self.ingest_body_bytes_in_flight,
+                self.body_limit_bytes
+            );
         }
         if self.ingest_rate_limit > 0 && self.ingest_burst == 0 {
             bail!(

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// Not found, or not this company's.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
+    /// The request body arrived too slowly; retry.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// Conflicts with existing data.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
@@ -55,10 +58,19 @@ pub enum ApiError {
     /// An upstream service (Jira, Atlassian) failed.
     #[oai(status = 502)]
     BadGateway(Json<ErrorBody>),
-    /// A dependency (database, queue) is unavailable; retry later.
+    /// A dependency (database, queue) is unavailable, or the service is busy; retry after the
+    /// `Retry-After` seconds.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(
+        Json<ErrorBody>,
+        /// Seconds to wait before retrying.
+        #[oai(header = "Retry-After")]
+        u64,
+    ),
 }
+
+/// How many seconds a `503` asks the caller to wait before retrying, unless it says otherwise.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 /// The result of an API operation.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -84,6 +96,11 @@ impl ApiError {
     /// 404 for a named kind of thing.
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(envelope("not_found", format!("{what} not found")))
+    }
+
+    /// 408: the body arrived too slowly.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::RequestTimeout(envelope("request_timeout", detail))
     }
 
     /// 409 with a detail.
@@ -128,7 +145,16 @@ impl ApiError {
 
     /// 503 with a detail a person can act on (e.g. a missing setting), not logged as an error.
     pub fn unavailable_because(detail: impl Into<String>) -> Self {
-        Self::Unavailable(envelope("unavailable", detail))
+        Self::Unavailable(
+            envelope("unavailable", detail),
+            UNAVAILABLE_RETRY_AFTER_SECS,
+        )
+    }
+
+    /// 503 because this process is busy, with a detail and the whole seconds to wait (at
+    /// least 1); not logged as an error.
+    pub fn busy(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Unavailable(envelope("busy", detail), retry_after_secs.max(1))
     }
 
     /// An unexpected failure: logged here, once, and answered as an opaque 500.
@@ -146,10 +172,13 @@ impl ApiError {
         let error = error.into();
         let location = std::panic::Location::caller();
         tracing::error!(error = format!("{error:#}"), at = %location, "dependency unavailable");
-        Self::Unavailable(envelope(
-            "unavailable",
-            "the service is temporarily unavailable, retry later",
-        ))
+        Self::Unavailable(
+            envelope(
+                "unavailable",
+                "the service is temporarily unavailable, retry later",
+            ),
+            UNAVAILABLE_RETRY_AFTER_SECS,
+        )
     }
 
     /// Maps request-parsing errors (bad JSON, missing parameters, auth, unknown routes) into
@@ -168,9 +197,10 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                     Self::UnsupportedMediaType(envelope("unsupported_media_type", detail))
                 }
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    Self::Unavailable(envelope("unavailable", detail))
-                }
+                StatusCode::SERVICE_UNAVAILABLE => Self::Unavailable(
+                    envelope("unavailable", detail),
+                    UNAVAILABLE_RETRY_AFTER_SECS,
+                ),
                 status if status.is_server_error() => Self::internal(anyhow::anyhow!(detail)),
                 _ => Self::bad_request(detail),
             },
@@ -182,6 +212,7 @@ impl ApiError {
         let (Self::BadRequest(Json(body))
         | Self::Unauthorized(Json(body))
         | Self::NotFound(Json(body))
+        | Self::RequestTimeout(Json(body))
         | Self::Conflict(Json(body))
         | Self::PayloadTooLarge(Json(body))
         | Self::UnsupportedMediaType(Json(body))
@@ -189,7 +220,7 @@ impl ApiError {
         | Self::TooManyRequests(Json(body), _)
         | Self::Internal(Json(body))
         | Self::BadGateway(Json(body))
-        | Self::Unavailable(Json(body))) = self;
+        | Self::Unavailable(Json(body), _)) = self;
         body
     }
 
@@ -199,6 +230,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -206,7 +238,7 @@ impl ApiError {
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod allow;
 pub mod auth;
+pub mod body_budget;
 pub mod body_guard;
 pub mod check;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;
+pub mod json_object;
 pub mod metrics_catalog;
 pub mod payload;
 pub mod process_metrics;
@@ -22,5 +24,6 @@ pub mod sink;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod webhook_body;
 
 pub use startup::{Application, Role, openapi_spec};

@@ -105,6 +105,8 @@ pub const FAMILIES: &[Family] = &[
             &[("outcome", "unknown_connection")],
             &[("outcome", "bad_signature")],
             &[("outcome", "too_large")],
+            &[("outcome", "too_slow")],
+            &[("outcome", "busy")],
             &[("outcome", "rate_limited")],
             &[("outcome", "bad_body")],
             &[("outcome", "unavailable")],

@@ -1,22 +1,25 @@
-//! `RawJson`: a JSON request body kept byte for byte, with the configured size limit.
+//! `UnreadJson`: a JSON request body, taken from the request but not read yet.
 //!
-//! Ingest must store exactly what Jira sent, so the body is not parsed here; its content type
-//! must still be JSON (hookline never accepts XML).
+//! Ingest must look the connection up before it reads a byte of the body (a body to an unknown
+//! connection is refused unread), so the body is handed to the operation as it is, and read
+//! there by [`crate::webhook_body::read`]. Its content type is still checked first: it must be
+//! JSON (hookline never accepts XML).
 
-use bytes::Bytes;
-use poem::{Request, RequestBody};
+use poem::{Body, Request, RequestBody};
 use poem_openapi::impl_apirequest_for_payload;
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 
-use crate::error::{ApiError, Rejection};
-use crate::state::AppState;
+/// A JSON body, not read yet.
+pub struct UnreadJson(pub Body);
 
-/// A JSON body, as raw bytes.
-#[derive(Debug, Clone)]
-pub struct RawJson(pub Bytes);
+impl std::fmt::Debug for UnreadJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnreadJson")
+    }
+}
 
-impl Payload for RawJson {
+impl Payload for UnreadJson {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
@@ -38,29 +41,12 @@ impl Payload for RawJson {
     }
 }
 
-impl ParsePayload for RawJson {
+impl ParsePayload for UnreadJson {
     const IS_REQUIRED: bool = true;
 
-    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let limit = request
-            .data::<AppState>()
-            .map(|state| state.body_limit_bytes)
-            .ok_or_else(|| {
-                Rejection(ApiError::internal(anyhow::anyhow!(
-                    "AppState missing from the request"
-                )))
-            })?;
-        match body.take()?.into_bytes_limit(limit).await {
-            Ok(bytes) => Ok(Self(bytes)),
-            Err(poem::error::ReadBodyError::PayloadTooLarge) => {
-                Err(Rejection(ApiError::payload_too_large(limit)).into())
-            }
-            Err(error) => Err(Rejection(ApiError::bad_request(format!(
-                "could not read the body: {error}"
-            )))
-            .into()),
-        }
+    async fn from_request(_request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        Ok(Self(body.take()?))
     }
 }
 
-impl_apirequest_for_payload!(RawJson);
+impl_apirequest_for_payload!(UnreadJson);

@@ -111,7 +111,12 @@ impl Application {
             cipher,
             public_url: Arc::from(public_url),
             admin_token,
-            body_limit_bytes: settings.body_limit_bytes,
+            body_rules: crate::webhook_body::BodyRules {
+                limit_bytes: settings.body_limit_bytes,
+                min_bytes_per_sec: settings.ingest_min_body_bytes_per_sec,
+                grace: settings.ingest_body_grace,
+            },
+            body_budget: crate::body_budget::BodyBudget::new(settings.ingest_body_bytes_in_flight),
             ingest_grace: settings.lease,
             allow_private_targets: settings.private_targets_allowed(),
             metrics,
@@ -330,20 +335,19 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
         .boxed()
 }
 
-/// How many seconds a `503` asks the caller to wait before retrying.
-const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
-
 /// Every `503` says when to retry (`Retry-After`), so that Jira and other callers back off
 /// instead of hammering a service whose database or queue is away; `{code, detail}` stays the
-/// body. Set here, once, rather than in each of the many operations that can answer 503.
+/// body. The operations' own 503 answers carry it already (`ApiError::Unavailable`, documented
+/// in the OpenAPI document); this adds it to the few made elsewhere (request extractors).
 fn with_retry_after(response: &mut poem::Response) {
     use poem::http::header::{HeaderValue, RETRY_AFTER};
     if response.status() == poem::http::StatusCode::SERVICE_UNAVAILABLE
         && !response.headers().contains_key(RETRY_AFTER)
     {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from(crate::error::UNAVAILABLE_RETRY_AFTER_SECS),
+        );
     }
 }
 

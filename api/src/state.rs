@@ -21,8 +21,10 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// The admin token, if admin calls are enabled.
     pub admin_token: Option<SecretString>,
-    /// Largest webhook body accepted, in bytes.
-    pub body_limit_bytes: usize,
+    /// How webhook bodies must arrive: size limit, floor rate and its grace.
+    pub body_rules: crate::webhook_body::BodyRules,
+    /// The bytes of webhook bodies this process holds at once, capped.
+    pub body_budget: crate::body_budget::BodyBudget,
     /// How long a freshly recorded event is left to its own job before the sweeper enqueues it
     /// again.
     pub ingest_grace: std::time::Duration,

@@ -24,7 +24,7 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Browser {
     /// The WebDriver client.
     pub client: Client,
-    driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
     artifacts: PathBuf,
     step: usize,
@@ -99,16 +99,18 @@ impl Browser {
             skip_or_fail("chromedriver (Debian's chromium-driver) is not installed");
             return None;
         };
-        let port = free_port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let driver_url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
+        let port = free_port();
+        let driver = Driver(
+            Command::new(&chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver"),
+        );
+        let driver_url = format!("http://127.0.0.1:{port}");
         wait_until(Duration::from_secs(20), "chromedriver is ready", || async {
             let status: serde_json::Value = http
                 .get(format!("{driver_url}/status"))
@@ -150,7 +152,7 @@ impl Browser {
         std::fs::create_dir_all(&artifacts).expect("the artifacts directory");
         Some(Self {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
             artifacts,
             step: 0,
@@ -257,16 +259,18 @@ impl Browser {
         .await;
     }
 
-    /// Ends the browser session and chromedriver.
-    pub async fn close(mut self) {
+    /// Ends the browser session (Chromium quits) and chromedriver.
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
-impl Drop for Browser {
+/// The chromedriver process, killed when dropped (also when a test panics).
+struct Driver(Child);
+
+impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -12,7 +12,7 @@ use crate::console::layout::{self, OrErrorPage as _, Section, Viewer};
 use crate::console::notice::Notice;
 use crate::console::session::{self, CompanySession};
 use crate::error::ApiError;
-use crate::payload::RawJson;
+use crate::payload::UnreadJson;
 use crate::routes::connections::{
     ConnectionIn, ConnectionOut, delete_connection, find_connection, list_connections,
     register_connection,
@@ -163,10 +163,13 @@ pub async fn send_test_event(
     let connection = find_connection(&state, session.company.id, &id)
         .await
         .or_page()?;
-    let mut webhook = poem::Request::builder().header(
-        plugins::jira::webhook::IDENTIFIER_HEADER,
-        format!("hookline-test-{}", uuid::Uuid::now_v7()),
-    );
+    let mut webhook = poem::Request::builder()
+        .header(poem::http::header::CONTENT_TYPE, "application/json")
+        .header(poem::http::header::CONTENT_LENGTH, TEST_EVENT.len())
+        .header(
+            plugins::jira::webhook::IDENTIFIER_HEADER,
+            format!("hookline-test-{}", uuid::Uuid::now_v7()),
+        );
     if let Some(stored) = &connection.webhook_secret {
         let secret = state
             .cipher
@@ -181,7 +184,10 @@ pub async fn send_test_event(
         &state,
         &webhook.finish(),
         &connection.id.to_string(),
-        RawJson(bytes::Bytes::from_static(TEST_EVENT)),
+        UnreadJson(poem::Body::from_bytes(bytes::Bytes::from_static(
+            TEST_EVENT,
+        ))),
+        tokio::time::Instant::now(),
     )
     .await
     .or_page()?;

@@ -1,9 +1,13 @@
 //! `POST /webhook/jira/{connection_id}`: the ingest (DESIGN §4 "Ingest").
 //!
-//! The hot path does as little as it can: find the connection, check the signature, one
-//! `INSERT … ON CONFLICT DO NOTHING`, push the job, answer. Parsing happens in the worker.
+//! The hot path does as little as it can: find the connection (cached) before a byte of the
+//! body is read, read the body once into the row's buffer (within the size limit, the process'
+//! budget of body bytes and the floor rate), check the signature, check that the body is one
+//! JSON object without building it, one `INSERT … ON CONFLICT DO NOTHING` (group commit),
+//! answer. Parsing happens in the worker.
 
-use std::time::Instant;
+use poem::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use tokio::time::Instant;
 
 use chrono::Utc;
 use entity::webhook_event::{self, status};
@@ -19,9 +23,11 @@ use worker::jobs::ProcessEvent;
 use crate::connection_cache::LookupError;
 use crate::error::{ApiError, ApiResult};
 use crate::event_writer::{RecordError, Recorded};
-use crate::payload::RawJson;
+use crate::json_object::check_json_object;
+use crate::payload::UnreadJson;
 use crate::routes::ApiTags;
 use crate::state::AppState;
+use crate::webhook_body::{self, BodyError, ReceivedBody};
 
 /// The ingest API.
 pub struct WebhookApi;
@@ -36,6 +42,10 @@ pub struct IngestOut {
     /// `X-Atlassian-Webhook-Identifier`, or the same body when Jira sends no identifier).
     pub duplicate: bool,
 }
+
+/// How many seconds a webhook refused because the process holds its budget of body bytes is
+/// asked to wait: bodies are held for milliseconds, so the budget frees up quickly.
+const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// How long ingest waits for the queue before answering anyway (the sweeper covers the push).
 const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -64,6 +74,12 @@ impl WebhookApi {
     /// Each connection may send `HOOKLINE_INGEST_RATE_LIMIT` webhooks per second with bursts of
     /// `HOOKLINE_INGEST_BURST`; over that the answer is 429 `rate_limited` with `Retry-After`
     /// (whole seconds), which Jira honours and retries.
+    ///
+    /// The body of a webhook to an unknown or disabled connection is not read (404). While the
+    /// webhook bodies this process holds already add up to `HOOKLINE_INGEST_BODY_BYTES_IN_FLIGHT`
+    /// the answer is 503 `busy` with `Retry-After`; a body that arrives slower than
+    /// `HOOKLINE_INGEST_MIN_BODY_BYTES_PER_SEC` (after `HOOKLINE_INGEST_BODY_GRACE`) is cut off
+    /// with 408 `request_timeout`. Jira retries both.
     #[oai(
         path = "/webhook/jira/:connection_id",
         method = "post",
@@ -75,10 +91,10 @@ impl WebhookApi {
         req: &Request,
         /// The connection's id, from its webhook URL.
         connection_id: Path<String>,
-        body: RawJson,
+        body: UnreadJson,
     ) -> ApiResult<Json<IngestOut>> {
         let started = Instant::now();
-        let result = ingest(&state, req, &connection_id, body).await;
+        let result = ingest(&state, req, &connection_id, body, started).await;
         let outcome = match &result {
             Ok(out) if out.duplicate => "duplicate",
             Ok(_) => "accepted",
@@ -96,9 +112,11 @@ fn error_outcome(error: &ApiError) -> &'static str {
         ApiError::NotFound(_) => "unknown_connection",
         ApiError::Unauthorized(_) => "bad_signature",
         ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::RequestTimeout(_) => "too_slow",
+        ApiError::Unavailable(Json(body), _) if body.code == "busy" => "busy",
         ApiError::TooManyRequests(..) => "rate_limited",
         ApiError::BadRequest(_) => "bad_body",
-        ApiError::Unavailable(_) => "unavailable",
+        ApiError::Unavailable(..) => "unavailable",
         _ => "error",
     }
 }
@@ -109,10 +127,18 @@ pub(crate) async fn ingest(
     state: &AppState,
     req: &Request,
     connection_id: &str,
-    body: RawJson,
+    body: UnreadJson,
+    started: Instant,
 ) -> ApiResult<IngestOut> {
     let not_found = || ApiError::not_found("connection");
+    // What can be refused from the headers alone is refused first: no database read, no body.
+    let declared_length = declared_length(req);
+    if declared_length.is_some_and(|length| length > state.body_rules.limit_bytes) {
+        return Err(ApiError::payload_too_large(state.body_rules.limit_bytes));
+    }
     let connection_id = Uuid::parse_str(connection_id).map_err(|_| not_found())?;
+    // Before a byte of the body is read: a body to an unknown or disabled connection is never
+    // read (the answer closes the connection).
     let mut connection = state
         .connections
         .get(&state.db, &state.cipher, connection_id)
@@ -120,7 +146,20 @@ pub(crate) async fn ingest(
         .map_err(lookup_error)?
         .ok_or_else(not_found)?;
 
-    let body = body.0;
+    // The body's bytes stay counted in the budget until the request is answered.
+    let ReceivedBody {
+        bytes: body,
+        reservation: _held,
+    } = webhook_body::read(
+        body.0,
+        declared_length,
+        started,
+        &state.body_rules,
+        &state.body_budget,
+    )
+    .await
+    .map_err(body_error)?;
+
     let signature = header_str(req, jira_webhook::SIGNATURE_HEADER);
     if let Some(secret) = &connection.webhook_secret
         && let Err(error) = jira_webhook::verify_signature(secret.expose_secret(), &body, signature)
@@ -167,7 +206,8 @@ pub(crate) async fn ingest(
         delivery_key,
         received_at,
         headers: stored_headers(req),
-        body: body.to_vec(),
+        // Moved, not copied: the buffer the body was read into becomes the row's.
+        body,
         status: status::RECEIVED.to_owned(),
         attempts: 0,
         // The grace the sweeper gives this row's own job before it enqueues it again.
@@ -216,30 +256,29 @@ pub(crate) async fn ingest(
     })
 }
 
-/// Checks that `body` is one JSON object, as the worker's parser reads it (UTF-8, nested at
-/// most 128 levels deep); says what is wrong otherwise.
-fn check_json_object(body: &[u8]) -> Result<(), String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err("the body is empty: a Jira webhook is a JSON object".to_owned());
+/// The request's `Content-Length`, unless its body is chunked.
+fn declared_length(req: &Request) -> Option<usize> {
+    if req.headers().contains_key(TRANSFER_ENCODING) {
+        return None;
     }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(other) => Err(format!(
-            "the body is JSON {} but a Jira webhook is a JSON object",
-            json_kind(&other)
-        )),
-        Err(error) => Err(format!("the body is not valid JSON: {error}")),
-    }
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
+fn body_error(error: BodyError) -> ApiError {
+    match error {
+        BodyError::TooLarge { limit } => ApiError::payload_too_large(limit),
+        BodyError::Busy(full) => ApiError::busy(
+            format!("{full}; retry after {BUSY_RETRY_AFTER_SECS} s"),
+            BUSY_RETRY_AFTER_SECS,
+        ),
+        error @ BodyError::TooSlow { .. } => ApiError::request_timeout(error.to_string()),
+        error @ BodyError::Broken(_) => ApiError::bad_request(error.to_string()),
     }
 }
 

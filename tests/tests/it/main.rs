@@ -14,6 +14,7 @@ mod faults;
 mod fuzz_ingest;
 mod helpers;
 mod ingest;
+mod ingest_guards;
 mod metrics;
 mod oauth;
 mod openapi;
