@@ -4,7 +4,7 @@
 # (hookline) and `cargo run --release -- sink` (a subscriber on 127.0.0.1:9000) are running.
 # It needs curl, sed and openssl. A test runs this very script, so it cannot rot.
 set -euo pipefail
-# --- walk-through: `hookline` prints what follows at start-up (embedded mode) ---
+# --- walk-through ---
 HOOKLINE=${HOOKLINE:-http://127.0.0.1:8080}
 SINK=${SINK:-http://127.0.0.1:9000/}
 DATA_DIR=${HOOKLINE_DATA_DIR:-.hookline}

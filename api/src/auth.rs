@@ -31,37 +31,52 @@ pub struct AdminAuth(pub ());
 
 async fn company_from_api_key(req: &Request, bearer: Bearer) -> poem::Result<company::Model> {
     let state = app_state(req)?;
-    let hash = hash_api_key(&bearer.token);
-    let found = api_key::Entity::find()
-        .filter(api_key::Column::KeyHash.eq(hash))
-        .find_also_related(company::Entity)
-        .one(&state.db)
-        .await
-        .map_err(|error| Rejection(ApiError::from(error)))?;
-    match found {
-        Some((_, Some(company))) => Ok(company),
-        _ => Err(Rejection(ApiError::unauthorized("the API key is not valid")).into()),
+    match company_for_api_key(state, &bearer.token).await {
+        Ok(Some(company)) => Ok(company),
+        Ok(None) => Err(Rejection(ApiError::unauthorized("the API key is not valid")).into()),
+        Err(error) => Err(Rejection(error).into()),
     }
 }
 
 async fn admin_from_token(req: &Request, bearer: Bearer) -> poem::Result<()> {
     let state = app_state(req)?;
-    let Some(expected) = &state.admin_token else {
-        return Err(Rejection(ApiError::unauthorized(
+    match admin_token_matches(state, &bearer.token) {
+        Some(true) => Ok(()),
+        Some(false) => {
+            Err(Rejection(ApiError::unauthorized("the admin token is not valid")).into())
+        }
+        None => Err(Rejection(ApiError::unauthorized(
             "admin calls are disabled: HOOKLINE_ADMIN_TOKEN is not set",
         ))
-        .into());
-    };
-    let matches: bool = expected
-        .expose_secret()
-        .as_bytes()
-        .ct_eq(bearer.token.as_bytes())
-        .into();
-    if matches {
-        Ok(())
-    } else {
-        Err(Rejection(ApiError::unauthorized("the admin token is not valid")).into())
+        .into()),
     }
+}
+
+/// The company `key` belongs to, if it is a valid API key. The API's bearer check and the
+/// console's sign-in both use this.
+pub async fn company_for_api_key(
+    state: &AppState,
+    key: &str,
+) -> Result<Option<company::Model>, ApiError> {
+    let found = api_key::Entity::find()
+        .filter(api_key::Column::KeyHash.eq(hash_api_key(key)))
+        .find_also_related(company::Entity)
+        .one(&state.db)
+        .await?;
+    Ok(found.and_then(|(_, company)| company))
+}
+
+/// Whether `token` is the admin token (compared in constant time); `None` when admin calls are
+/// disabled (no `HOOKLINE_ADMIN_TOKEN`).
+pub fn admin_token_matches(state: &AppState, token: &str) -> Option<bool> {
+    let expected = state.admin_token.as_ref()?;
+    Some(
+        expected
+            .expose_secret()
+            .as_bytes()
+            .ct_eq(token.as_bytes())
+            .into(),
+    )
 }
 
 fn app_state(req: &Request) -> poem::Result<&AppState> {

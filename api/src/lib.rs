@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect_flow;
 pub mod connection_cache;
 pub mod consent;
+pub mod console;
 pub mod embedded;
 pub mod error;
 pub mod event_writer;

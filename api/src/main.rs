@@ -87,12 +87,14 @@ fn print_banner(app: &Application, role: Role) {
         let base = app.public_url();
         tracing::info!(%addr, ?role, "hookline listening");
         eprintln!("\nhookline is running ({role:?}) on http://{addr}");
+        eprintln!("  Console:       open {base}/");
         eprintln!("  API docs:      {base}/docs");
         eprintln!("  OpenAPI:       {base}/openapi.json");
     } else {
         tracing::info!(?role, "hookline workers running");
     }
     if let Some(secrets) = &app.embedded_secrets {
+        let base = app.public_url();
         eprintln!(
             "  Admin token:   in {} (adminToken)\n\n  \
              EMBEDDED MODE: SQLite and generated secrets, for trying hookline out.\n  \
@@ -100,30 +102,12 @@ fn print_banner(app: &Application, role: Role) {
              HOOKLINE_ADMIN_TOKEN.\n",
             secrets.display()
         );
-        print_walkthrough(app.public_url(), secrets);
+        eprintln!(
+            "Try it: open {base}/admin, sign in with the admin token and create a company;\n\
+             sign in at {base}/ with its API key, register a Jira site and press\n\
+             `Send a test event`. The same from a shell: examples/walkthrough.sh.\n"
+        );
     }
-}
-
-/// The walk-through of `examples/walkthrough.sh`, printed as it is tested.
-const WALKTHROUGH: &str = include_str!("../../examples/walkthrough.sh");
-
-fn print_walkthrough(base: &str, secrets: &std::path::Path) {
-    let marker = "# --- walk-through";
-    let Some(start) = WALKTHROUGH.find(marker) else {
-        return;
-    };
-    let body = WALKTHROUGH[start..]
-        .split_once('\n')
-        .map_or("", |(_, rest)| rest);
-    let data_dir = secrets.parent().unwrap_or(std::path::Path::new("."));
-    eprintln!(
-        "Walk-through: in a second terminal start a subscriber with `cargo run --release -- sink`,\n\
-         then paste this in a third one, from the repository root (or run examples/walkthrough.sh):\n"
-    );
-    eprintln!(
-        "HOOKLINE={base}\nHOOKLINE_DATA_DIR={}\n{body}",
-        data_dir.display()
-    );
 }
 
 /// Completes on SIGINT or SIGTERM.

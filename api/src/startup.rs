@@ -129,6 +129,7 @@ impl Application {
                 settings.ingest_rate_limit,
                 settings.ingest_burst,
             )),
+            embedded: settings.is_embedded(),
         };
         let job_context = JobContext {
             db,
@@ -279,10 +280,10 @@ fn build_routes(state: AppState) -> BoxEndpoint<'static> {
             crate::allow::AllowedMethods::default()
         }),
     );
-    Route::new()
-        .nest("/", api)
+    crate::console::mount(Route::new().nest("/", api))
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(crate::console::home_first)
         .data(state)
         .catch_all_error(|error| async move {
             // An operation's own `ApiError` arrives here as an error made from its response:

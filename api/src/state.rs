@@ -40,6 +40,9 @@ pub struct AppState {
     pub events: crate::event_writer::EventWriter,
     /// Limits how fast each connection's webhooks are accepted.
     pub rate_limiter: Arc<crate::rate_limit::RateLimiter>,
+    /// Whether this is the embedded mode (SQLite): the console then offers `Send a test event`
+    /// when no Atlassian app is configured.
+    pub embedded: bool,
 }
 
 impl AppState {

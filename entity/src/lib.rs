@@ -10,6 +10,7 @@
 pub mod api_key;
 pub mod cipher;
 pub mod company;
+pub mod console_session;
 pub mod delivery;
 pub mod delivery_attempt;
 pub mod oauth_grant;

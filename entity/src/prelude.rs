@@ -2,6 +2,7 @@
 
 pub use super::api_key::Entity as ApiKey;
 pub use super::company::Entity as Company;
+pub use super::console_session::Entity as ConsoleSession;
 pub use super::delivery::Entity as Delivery;
 pub use super::delivery_attempt::Entity as DeliveryAttempt;
 pub use super::oauth_grant::Entity as OauthGrant;

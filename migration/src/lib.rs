@@ -18,6 +18,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_core_tables;
 mod m20261128_000002_add_replay_of_to_webhook_event;
 mod m20261201_100000_create_periodic_task;
+mod m20261201_120000_create_console_session;
 mod m20261201_143000_move_oauth_credentials_into_grants;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_core_tables::Migration),
             Box::new(m20261128_000002_add_replay_of_to_webhook_event::Migration),
             Box::new(m20261201_100000_create_periodic_task::Migration),
+            Box::new(m20261201_120000_create_console_session::Migration),
             Box::new(m20261201_143000_move_oauth_credentials_into_grants::Migration),
         ]
     }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Every table the migrations create, parents first.
-const TABLES: [&str; 10] = [
+const TABLES: [&str; 11] = [
     "company",
     "api_key",
     "plugin_connection",
@@ -28,6 +28,7 @@ const TABLES: [&str; 10] = [
     "delivery",
     "delivery_attempt",
     "periodic_task",
+    "console_session",
 ];
 
 #[tokio::test]

@@ -191,6 +191,7 @@ impl FakeAtlassian {
             .find_map(|addr| addr.as_socket_addr().copied())
             .expect("fake Atlassian address");
         let app = Route::new()
+            .at("/authorize", get(authorize_endpoint))
             .at("/oauth/token", post(token_endpoint))
             .at(
                 "/oauth/token/accessible-resources",
@@ -522,6 +523,51 @@ fn fault_after_rotating(inner: &mut Inner) -> Option<Response> {
             .content_type("application/json")
             .body("{\"access_tok"),
     })
+}
+
+/// Atlassian's consent page for a browser: the person consents at once, and the browser is
+/// redirected to the `redirect_uri` with a `code` and the `state` (what
+/// [`FakeAtlassian::consent`] does for tests without a browser). A request that is not a valid
+/// authorize request gets 400, as Atlassian shows an error page.
+#[handler]
+fn authorize_endpoint(req: &Request, state: Data<&Arc<FakeState>>) -> Response {
+    let query: HashMap<String, String> = reqwest::Url::parse(&format!("http://fake{}", req.uri()))
+        .map(|url| url.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    let param = |name: &str| query.get(name).map(String::as_str);
+    let valid = param("client_id") == Some(CLIENT_ID)
+        && param("response_type") == Some("code")
+        && param("audience") == Some("api.atlassian.com")
+        && param("prompt") == Some("consent")
+        && param("scope").is_some_and(|scope| scope.split(' ').any(|s| s == "offline_access"));
+    let (Some(flow_state), Some(redirect_uri)) = (param("state"), param("redirect_uri")) else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body("state and redirect_uri are required");
+    };
+    let Ok(mut callback) = reqwest::Url::parse(redirect_uri) else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body("redirect_uri is not a URL");
+    };
+    if !valid {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body("not a valid authorize request");
+    }
+    let code = state
+        .inner
+        .lock()
+        .expect("fake state")
+        .issue_code(redirect_uri.to_owned());
+    callback
+        .query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", flow_state);
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", callback.to_string())
+        .finish()
 }
 
 fn bearer(req: &Request) -> String {

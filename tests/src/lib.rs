@@ -5,6 +5,7 @@
 //! prefix and port 0. When Postgres or Redis is not reachable the Postgres + Redis variant is
 //! skipped with a notice on stderr, unless `HOOKLINE_REQUIRE_SERVICES=1` (CI) makes it a failure.
 
+pub mod browser;
 pub mod fake_atlassian;
 pub mod fake_subscriber;
 pub mod fixtures;
@@ -278,7 +279,8 @@ where
     }
 }
 
-fn init_test_process() {
+/// Once per test process: the TLS provider, and logs when `TEST_LOG` is set.
+pub(crate) fn init_test_process() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

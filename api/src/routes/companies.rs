@@ -59,38 +59,51 @@ impl CompanyApi {
         state: poem::web::Data<&AppState>,
         body: Json<CompanyIn>,
     ) -> ApiResult<CreateCompanyResponse> {
-        let name = body.0.name.trim().to_owned();
-        if name.is_empty() {
-            return Err(ApiError::unprocessable("name must not be blank"));
-        }
-        let now = Utc::now();
-        let company_id = Uuid::now_v7();
-        let key = generate_api_key();
-        let txn = state.db.begin().await?;
-        company::Entity::insert(company::ActiveModel {
-            id: Set(company_id),
-            name: Set(name.clone()),
-            created_at: Set(now),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        api_key::Entity::insert(api_key::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            company_id: Set(company_id),
-            key_hash: Set(hash_api_key(&key)),
-            key_prefix: Set(key.chars().take(12).collect()),
-            created_at: Set(now),
-            last_used_at: Set(None),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        txn.commit().await?;
-        tracing::info!(company.id = %company_id, "company created");
-        Ok(CreateCompanyResponse::Created(Json(CompanyCreatedOut {
-            id: company_id,
-            name,
-            api_key: key,
-            created_at: now,
-        })))
+        let created = create_company(&state, &body.0.name).await?;
+        Ok(CreateCompanyResponse::Created(Json(created)))
     }
+}
+
+/// Creates a company named `name` with a new API key; the answer carries the key, which is
+/// stored hashed and shown only then. The API's `create_company` and the console's admin page
+/// both create companies here.
+pub(crate) async fn create_company(state: &AppState, name: &str) -> ApiResult<CompanyCreatedOut> {
+    let name = name.trim().to_owned();
+    if name.is_empty() {
+        return Err(ApiError::unprocessable("name must not be blank"));
+    }
+    if name.chars().count() > 200 {
+        return Err(ApiError::unprocessable(
+            "name must be at most 200 characters",
+        ));
+    }
+    let now = Utc::now();
+    let company_id = Uuid::now_v7();
+    let key = generate_api_key();
+    let txn = state.db.begin().await?;
+    company::Entity::insert(company::ActiveModel {
+        id: Set(company_id),
+        name: Set(name.clone()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    api_key::Entity::insert(api_key::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        company_id: Set(company_id),
+        key_hash: Set(hash_api_key(&key)),
+        key_prefix: Set(key.chars().take(12).collect()),
+        created_at: Set(now),
+        last_used_at: Set(None),
+    })
+    .exec_without_returning(&txn)
+    .await?;
+    txn.commit().await?;
+    tracing::info!(company.id = %company_id, "company created");
+    Ok(CompanyCreatedOut {
+        id: company_id,
+        name,
+        api_key: key,
+        created_at: now,
+    })
 }

@@ -156,7 +156,8 @@ pub enum DeleteConnectionResponse {
 }
 
 impl ConnectionOut {
-    fn from_model(
+    /// The answer for a stored connection and its OAuth grant.
+    pub(crate) fn from_model(
         state: &AppState,
         model: plugin_connection::Model,
         grant: Option<oauth_grant::Model>,
@@ -196,52 +197,9 @@ impl ConnectionApi {
         state: poem::web::Data<&AppState>,
         body: Json<ConnectionIn>,
     ) -> ApiResult<CreateConnectionResponse> {
-        let input = body.0;
-        if input.plugin_id != plugins::jira::PLUGIN_ID {
-            return Err(ApiError::unprocessable(format!(
-                "unknown pluginId {:?}: the only plugin is \"jira\"",
-                input.plugin_id
-            )));
-        }
-        let metadata = input.metadata.unwrap_or_else(|| serde_json::json!({}));
-        if !metadata.is_object() {
-            return Err(ApiError::unprocessable("metadata must be a JSON object"));
-        }
-        if let Some(cloud_id) = metadata.get("cloudId")
-            && !cloud_id
-                .as_str()
-                .is_some_and(plugins::jira::rest::is_cloud_id)
-        {
-            return Err(ApiError::unprocessable(format!(
-                "metadata.cloudId {cloud_id} is not an Atlassian cloud id (a UUID such as \
-                 6f2c9a14-3b7e-4d21-a8f5-0c9e7b3d5a12)"
-            )));
-        }
-        let secret = generate_webhook_secret();
-        let now = Utc::now();
-        let model = plugin_connection::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            company_id: Set(auth.0.id),
-            plugin_id: Set(input.plugin_id),
-            external_id: Set(input.external_id.trim().to_owned()),
-            external_name: Set(input.external_name.trim().to_owned()),
-            metadata: Set(metadata),
-            webhook_secret: Set(Some(state.cipher.encrypt(&secret))),
-            status: Set(status::ACTIVE.to_owned()),
-            status_reason: Set(None),
-            grant_id: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let model = plugin_connection::Entity::insert(model)
-            .exec_with_returning(&state.db)
-            .await?;
-        tracing::info!(connection.id = %model.id, company.id = %auth.0.id, "connection created");
+        let created = register_connection(&state, auth.0.id, body.0).await?;
         Ok(CreateConnectionResponse::Created(
-            Json(ConnectionCreatedOut {
-                connection: ConnectionOut::from_model(&state, model, None),
-                webhook_secret: secret,
-            }),
+            Json(created),
             crate::routes::oauth::NO_STORE.to_owned(),
         ))
     }
@@ -262,36 +220,7 @@ impl ConnectionApi {
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<ConnectionList>> {
         let page = Page::new(cursor.0, limit.0)?;
-        let mut query = plugin_connection::Entity::find_for_company(auth.0.id)
-            .order_by_asc(plugin_connection::Column::Id)
-            .limit(page.fetch());
-        if let Some(after) = page.cursor {
-            query = query.filter(plugin_connection::Column::Id.gt(after));
-        }
-        let mut models = query.all(&state.db).await?;
-        let next_cursor = page.finish(&mut models, |model| model.id);
-        let grant_ids: Vec<Uuid> = models.iter().filter_map(|model| model.grant_id).collect();
-        let grants = if grant_ids.is_empty() {
-            Vec::new()
-        } else {
-            oauth_grant::Entity::find_for_company(auth.0.id)
-                .filter(oauth_grant::Column::Id.is_in(grant_ids))
-                .all(&state.db)
-                .await?
-        };
-        Ok(Json(ConnectionList {
-            items: models
-                .into_iter()
-                .map(|model| {
-                    let grant = grants
-                        .iter()
-                        .find(|grant| Some(grant.id) == model.grant_id)
-                        .cloned();
-                    ConnectionOut::from_model(&state, model, grant)
-                })
-                .collect(),
-            next_cursor,
-        }))
+        Ok(Json(list_connections(&state, auth.0.id, page).await?))
     }
 
     /// Get a connection
@@ -336,19 +265,128 @@ impl ConnectionApi {
         /// The connection's id.
         id: Path<String>,
     ) -> ApiResult<DeleteConnectionResponse> {
-        let model = find_connection(&state, auth.0.id, &id).await?;
-        let connection_id = model.id;
-        let txn = state.db.begin().await?;
-        model.delete(&txn).await?;
-        crate::consent::delete_grants_without_sites(&txn, auth.0.id).await?;
-        txn.commit().await?;
-        state.connections.forget(connection_id);
-        tracing::info!(connection.id = %connection_id, "connection deleted");
+        delete_connection(&state, auth.0.id, &id).await?;
         Ok(DeleteConnectionResponse::Deleted)
     }
 }
 
-async fn find_connection(
+/// Registers a connection without OAuth for `company_id`; the answer carries its webhook
+/// secret, which is shown only then.
+pub(crate) async fn register_connection(
+    state: &AppState,
+    company_id: Uuid,
+    input: ConnectionIn,
+) -> ApiResult<ConnectionCreatedOut> {
+    if input.plugin_id != plugins::jira::PLUGIN_ID {
+        return Err(ApiError::unprocessable(format!(
+            "unknown pluginId {:?}: the only plugin is \"jira\"",
+            input.plugin_id
+        )));
+    }
+    let metadata = input.metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(ApiError::unprocessable("metadata must be a JSON object"));
+    }
+    if let Some(cloud_id) = metadata.get("cloudId")
+        && !cloud_id
+            .as_str()
+            .is_some_and(plugins::jira::rest::is_cloud_id)
+    {
+        return Err(ApiError::unprocessable(format!(
+            "metadata.cloudId {cloud_id} is not an Atlassian cloud id (a UUID such as \
+             6f2c9a14-3b7e-4d21-a8f5-0c9e7b3d5a12)"
+        )));
+    }
+    let (external_id, external_name) = (input.external_id.trim(), input.external_name.trim());
+    if external_id.is_empty() || external_name.is_empty() {
+        return Err(ApiError::unprocessable(
+            "externalId and externalName must not be blank",
+        ));
+    }
+    let secret = generate_webhook_secret();
+    let now = Utc::now();
+    let model = plugin_connection::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        company_id: Set(company_id),
+        plugin_id: Set(input.plugin_id),
+        external_id: Set(external_id.to_owned()),
+        external_name: Set(external_name.to_owned()),
+        metadata: Set(metadata),
+        webhook_secret: Set(Some(state.cipher.encrypt(&secret))),
+        status: Set(status::ACTIVE.to_owned()),
+        status_reason: Set(None),
+        grant_id: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let model = plugin_connection::Entity::insert(model)
+        .exec_with_returning(&state.db)
+        .await?;
+    tracing::info!(connection.id = %model.id, company.id = %company_id, "connection created");
+    Ok(ConnectionCreatedOut {
+        connection: ConnectionOut::from_model(state, model, None),
+        webhook_secret: secret,
+    })
+}
+
+/// One page of `company_id`'s connections, oldest first, each with its OAuth grant.
+pub(crate) async fn list_connections(
+    state: &AppState,
+    company_id: Uuid,
+    page: Page,
+) -> ApiResult<ConnectionList> {
+    let mut query = plugin_connection::Entity::find_for_company(company_id)
+        .order_by_asc(plugin_connection::Column::Id)
+        .limit(page.fetch());
+    if let Some(after) = page.cursor {
+        query = query.filter(plugin_connection::Column::Id.gt(after));
+    }
+    let mut models = query.all(&state.db).await?;
+    let next_cursor = page.finish(&mut models, |model| model.id);
+    let grant_ids: Vec<Uuid> = models.iter().filter_map(|model| model.grant_id).collect();
+    let grants = if grant_ids.is_empty() {
+        Vec::new()
+    } else {
+        oauth_grant::Entity::find_for_company(company_id)
+            .filter(oauth_grant::Column::Id.is_in(grant_ids))
+            .all(&state.db)
+            .await?
+    };
+    Ok(ConnectionList {
+        items: models
+            .into_iter()
+            .map(|model| {
+                let grant = grants
+                    .iter()
+                    .find(|grant| Some(grant.id) == model.grant_id)
+                    .cloned();
+                ConnectionOut::from_model(state, model, grant)
+            })
+            .collect(),
+        next_cursor,
+    })
+}
+
+/// Deletes `company_id`'s connection `id` with its events and deliveries (and its OAuth grant
+/// when no other site uses it); ingest stops accepting its webhooks at once.
+pub(crate) async fn delete_connection(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<()> {
+    let model = find_connection(state, company_id, id).await?;
+    let connection_id = model.id;
+    let txn = state.db.begin().await?;
+    model.delete(&txn).await?;
+    crate::consent::delete_grants_without_sites(&txn, company_id).await?;
+    txn.commit().await?;
+    state.connections.forget(connection_id);
+    tracing::info!(connection.id = %connection_id, "connection deleted");
+    Ok(())
+}
+
+/// `company_id`'s connection `id`, else 404.
+pub(crate) async fn find_connection(
     state: &AppState,
     company_id: Uuid,
     id: &str,

@@ -1,5 +1,7 @@
 //! `/api/v1/deliveries`: what was sent to subscribers, each attempt, and manual retries.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use entity::{delivery, delivery_attempt};
 use poem_openapi::param::{Path, Query};
@@ -152,27 +154,14 @@ impl DeliveryApi {
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<DeliveryList>> {
         let page = Page::new(cursor.0, limit.0)?;
-        let mut query = delivery::Entity::find_for_company(auth.0.id)
-            .order_by_asc(delivery::Column::Id)
-            .limit(page.fetch());
-        if let Some(status) = status.0 {
-            query = query.filter(delivery::Column::Status.eq(status));
-        }
-        if let Some(subscription_id) = subscription_id.0 {
-            query = query.filter(delivery::Column::SubscriptionId.eq(subscription_id));
-        }
-        if let Some(event_id) = event_id.0 {
-            query = query.filter(delivery::Column::EventId.eq(event_id));
-        }
-        if let Some(after) = page.cursor {
-            query = query.filter(delivery::Column::Id.gt(after));
-        }
-        let mut models = query.all(&state.db).await?;
-        let next_cursor = page.finish(&mut models, |model| model.id);
-        Ok(Json(DeliveryList {
-            items: models.into_iter().map(DeliveryOut::from).collect(),
-            next_cursor,
-        }))
+        let filter = DeliveryFilter {
+            status: status.0,
+            subscription_id: subscription_id.0,
+            event_id: event_id.0,
+        };
+        Ok(Json(
+            list_deliveries(&state, auth.0.id, &filter, page).await?,
+        ))
     }
 
     /// Get a delivery with its attempts
@@ -189,24 +178,10 @@ impl DeliveryApi {
         id: Path<String>,
     ) -> ApiResult<Json<DeliveryDetailOut>> {
         let model = find_delivery(&state, auth.0.id, &id).await?;
-        let attempts = delivery_attempt::Entity::find()
-            .filter(delivery_attempt::Column::DeliveryId.eq(model.id))
-            .order_by_asc(delivery_attempt::Column::Attempt)
-            .all(&state.db)
-            .await?;
+        let mut attempts = attempts_of(&state, &[model.id]).await?;
         Ok(Json(DeliveryDetailOut {
+            attempts_made: attempts.remove(&model.id).unwrap_or_default(),
             delivery: model.into(),
-            attempts_made: attempts
-                .into_iter()
-                .map(|attempt| DeliveryAttemptOut {
-                    attempt: attempt.attempt,
-                    started_at: attempt.started_at,
-                    duration_ms: attempt.duration_ms,
-                    status_code: attempt.status_code,
-                    error: attempt.error,
-                    response_excerpt: attempt.response_excerpt,
-                })
-                .collect(),
         }))
     }
 
@@ -226,16 +201,7 @@ impl DeliveryApi {
         /// The delivery's id.
         id: Path<String>,
     ) -> ApiResult<Json<DeliveryOut>> {
-        let model = find_delivery(&state, auth.0.id, &id).await?;
-        if model.status == delivery::status::IN_FLIGHT {
-            return Err(ApiError::conflict(
-                "the delivery is being attempted right now",
-            ));
-        }
-        reschedule(&state, delivery::Column::Id.eq(model.id)).await?;
-        push(&state, model.id).await;
-        let model = find_delivery(&state, auth.0.id, &id).await?;
-        Ok(Json(model.into()))
+        Ok(Json(retry_delivery(&state, auth.0.id, &id).await?))
     }
 
     /// Retry a subscription's dead deliveries
@@ -252,29 +218,151 @@ impl DeliveryApi {
         id: Path<String>,
         body: Json<RetryDeadIn>,
     ) -> ApiResult<Json<RetryDeadOut>> {
-        let subscription = find_subscription(&state, auth.0.id, &id).await?;
-        let dead = delivery::Entity::find()
-            .filter(delivery::Column::SubscriptionId.eq(subscription.id))
-            .filter(delivery::Column::Status.eq(delivery::status::DEAD))
-            .filter(delivery::Column::CreatedAt.gte(body.0.since))
-            .all(&state.db)
-            .await?;
-        let ids: Vec<Uuid> = dead.iter().map(|model| model.id).collect();
-        let mut retried = 0;
-        for chunk in ids.chunks(500) {
-            retried += reschedule(
-                &state,
-                delivery::Column::Id
-                    .is_in(chunk.iter().copied())
-                    .and(delivery::Column::Status.eq(delivery::status::DEAD)),
-            )
-            .await?;
-        }
-        for &delivery_id in &ids {
-            push(&state, delivery_id).await;
-        }
+        let retried = retry_dead_deliveries(&state, auth.0.id, &id, body.0.since).await?;
         Ok(Json(RetryDeadOut { retried }))
     }
+}
+
+/// Which deliveries a listing keeps; `None` keeps all.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeliveryFilter {
+    /// Only this status (`pending`, `in_flight`, `succeeded`, `dead`).
+    pub status: Option<String>,
+    /// Only this subscription's.
+    pub subscription_id: Option<Uuid>,
+    /// Only this event's.
+    pub event_id: Option<Uuid>,
+}
+
+/// One page of `company_id`'s deliveries, oldest first.
+pub(crate) async fn list_deliveries(
+    state: &AppState,
+    company_id: Uuid,
+    filter: &DeliveryFilter,
+    page: Page,
+) -> ApiResult<DeliveryList> {
+    let mut query = filtered(company_id, filter)
+        .order_by_asc(delivery::Column::Id)
+        .limit(page.fetch());
+    if let Some(after) = page.cursor {
+        query = query.filter(delivery::Column::Id.gt(after));
+    }
+    let mut models = query.all(&state.db).await?;
+    let next_cursor = page.finish(&mut models, |model| model.id);
+    Ok(DeliveryList {
+        items: models.into_iter().map(DeliveryOut::from).collect(),
+        next_cursor,
+    })
+}
+
+/// The newest `limit` of `company_id`'s deliveries that pass `filter`, newest first.
+pub(crate) async fn recent_deliveries(
+    state: &AppState,
+    company_id: Uuid,
+    filter: &DeliveryFilter,
+    limit: u64,
+) -> ApiResult<Vec<DeliveryOut>> {
+    let models = filtered(company_id, filter)
+        .order_by_desc(delivery::Column::Id)
+        .limit(limit)
+        .all(&state.db)
+        .await?;
+    Ok(models.into_iter().map(DeliveryOut::from).collect())
+}
+
+fn filtered(company_id: Uuid, filter: &DeliveryFilter) -> sea_orm::Select<delivery::Entity> {
+    let mut query = delivery::Entity::find_for_company(company_id);
+    if let Some(status) = &filter.status {
+        query = query.filter(delivery::Column::Status.eq(status));
+    }
+    if let Some(subscription_id) = filter.subscription_id {
+        query = query.filter(delivery::Column::SubscriptionId.eq(subscription_id));
+    }
+    if let Some(event_id) = filter.event_id {
+        query = query.filter(delivery::Column::EventId.eq(event_id));
+    }
+    query
+}
+
+/// The attempts of each of `delivery_ids` (which the caller already scoped to its company),
+/// oldest first.
+pub(crate) async fn attempts_of(
+    state: &AppState,
+    delivery_ids: &[Uuid],
+) -> ApiResult<HashMap<Uuid, Vec<DeliveryAttemptOut>>> {
+    let mut attempts: HashMap<Uuid, Vec<DeliveryAttemptOut>> = HashMap::new();
+    if delivery_ids.is_empty() {
+        return Ok(attempts);
+    }
+    let rows = delivery_attempt::Entity::find()
+        .filter(delivery_attempt::Column::DeliveryId.is_in(delivery_ids.iter().copied()))
+        .order_by_asc(delivery_attempt::Column::Attempt)
+        .all(&state.db)
+        .await?;
+    for attempt in rows {
+        attempts
+            .entry(attempt.delivery_id)
+            .or_default()
+            .push(DeliveryAttemptOut {
+                attempt: attempt.attempt,
+                started_at: attempt.started_at,
+                duration_ms: attempt.duration_ms,
+                status_code: attempt.status_code,
+                error: attempt.error,
+                response_excerpt: attempt.response_excerpt,
+            });
+    }
+    Ok(attempts)
+}
+
+/// Gives `company_id`'s delivery `id` one more attempt now (dead or not; not while in flight).
+pub(crate) async fn retry_delivery(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<DeliveryOut> {
+    let model = find_delivery(state, company_id, id).await?;
+    if model.status == delivery::status::IN_FLIGHT {
+        return Err(ApiError::conflict(
+            "the delivery is being attempted right now",
+        ));
+    }
+    reschedule(state, delivery::Column::Id.eq(model.id)).await?;
+    push(state, model.id).await;
+    let model = find_delivery(state, company_id, id).await?;
+    Ok(model.into())
+}
+
+/// Gives every dead delivery of `company_id`'s subscription `subscription_id` created at or
+/// after `since` one more attempt now; returns how many were scheduled.
+pub(crate) async fn retry_dead_deliveries(
+    state: &AppState,
+    company_id: Uuid,
+    subscription_id: &str,
+    since: DateTime<Utc>,
+) -> ApiResult<u64> {
+    let subscription = find_subscription(state, company_id, subscription_id).await?;
+    let dead = delivery::Entity::find()
+        .filter(delivery::Column::SubscriptionId.eq(subscription.id))
+        .filter(delivery::Column::Status.eq(delivery::status::DEAD))
+        .filter(delivery::Column::CreatedAt.gte(since))
+        .all(&state.db)
+        .await?;
+    let ids: Vec<Uuid> = dead.iter().map(|model| model.id).collect();
+    let mut retried = 0;
+    for chunk in ids.chunks(500) {
+        retried += reschedule(
+            state,
+            delivery::Column::Id
+                .is_in(chunk.iter().copied())
+                .and(delivery::Column::Status.eq(delivery::status::DEAD)),
+        )
+        .await?;
+    }
+    for &delivery_id in &ids {
+        push(state, delivery_id).await;
+    }
+    Ok(retried)
 }
 
 /// Makes the matching (not in-flight) deliveries pending and due now.
@@ -306,7 +394,12 @@ async fn push(state: &AppState, delivery_id: Uuid) {
     }
 }
 
-async fn find_delivery(state: &AppState, company_id: Uuid, id: &str) -> ApiResult<delivery::Model> {
+/// `company_id`'s delivery `id`, else 404.
+pub(crate) async fn find_delivery(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<delivery::Model> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::not_found("delivery"))?;
     delivery::Entity::find_by_id_for_company(id, company_id)
         .one(&state.db)

@@ -31,6 +31,9 @@ pub struct EventOut {
     /// The event type once processed, e.g. `jira:issue_updated`.
     #[oai(nullable)]
     pub event_type: Option<String>,
+    /// The issue the event is about (`issue.key` of the payload), e.g. `ORB-417`.
+    #[oai(nullable)]
+    pub issue_key: Option<String>,
     /// `received`, `processing`, `processed` or `failed`.
     pub status: String,
     /// How many times processing started.
@@ -135,6 +138,7 @@ impl From<webhook_event::Model> for EventOut {
             connection_id: model.connection_id,
             plugin_id: model.plugin_id,
             event_type: model.event_type,
+            issue_key: issue_key(&model.body),
             status: model.status,
             attempts: model.attempts,
             delivery_key: model.delivery_key,
@@ -174,39 +178,12 @@ impl EventApi {
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<EventList>> {
         let page = Page::new(cursor.0, limit.0)?;
-        let mut query = webhook_event::Entity::find_for_company(auth.0.id)
-            .order_by_desc(webhook_event::Column::Id)
-            .limit(page.fetch());
-        if let Some(connection_id) = connection_id.0 {
-            query = query.filter(webhook_event::Column::ConnectionId.eq(connection_id));
-        }
-        if let Some(event_type) = event_type.0 {
-            query = query.filter(webhook_event::Column::EventType.eq(event_type));
-        }
-        if let Some(status) = status.0 {
-            const STATUSES: [&str; 4] = [
-                webhook_event::status::RECEIVED,
-                webhook_event::status::PROCESSING,
-                webhook_event::status::PROCESSED,
-                webhook_event::status::FAILED,
-            ];
-            if !STATUSES.contains(&status.as_str()) {
-                return Err(ApiError::bad_request(format!(
-                    "status must be one of {}",
-                    STATUSES.join(", ")
-                )));
-            }
-            query = query.filter(webhook_event::Column::Status.eq(status));
-        }
-        if let Some(before) = page.cursor {
-            query = query.filter(webhook_event::Column::Id.lt(before));
-        }
-        let mut models = query.all(&state.db).await?;
-        let next_cursor = page.finish(&mut models, |model| model.id);
-        Ok(Json(EventList {
-            items: models.into_iter().map(EventOut::from).collect(),
-            next_cursor,
-        }))
+        let filter = EventFilter {
+            connection_id: connection_id.0,
+            event_type: event_type.0,
+            status: status.0,
+        };
+        Ok(Json(list_events(&state, auth.0.id, &filter, page).await?))
     }
 
     /// Get an event
@@ -220,39 +197,7 @@ impl EventApi {
         /// The event's id.
         id: Path<String>,
     ) -> ApiResult<Json<EventDetailOut>> {
-        let model = find_event(&state, auth.0.id, &id).await?;
-        let deliveries = delivery::Entity::find_for_company(auth.0.id)
-            .filter(delivery::Column::EventId.eq(model.id))
-            .order_by_asc(delivery::Column::Id)
-            .all(&state.db)
-            .await?;
-        let (raw, raw_text) = match serde_json::from_slice(&model.body) {
-            Ok(raw) => (Some(raw), None),
-            Err(_) => (
-                None,
-                Some(String::from_utf8_lossy(&model.body).into_owned()),
-            ),
-        };
-        Ok(Json(EventDetailOut {
-            headers: model.headers.clone(),
-            data: model.data.clone(),
-            raw,
-            raw_text,
-            deliveries: deliveries
-                .into_iter()
-                .map(|delivery| EventDeliveryOut {
-                    id: delivery.id,
-                    subscription_id: delivery.subscription_id,
-                    status: delivery.status,
-                    attempts: delivery.attempts,
-                    next_attempt_at: delivery.next_attempt_at,
-                    last_status: delivery.last_status,
-                    last_error: delivery.last_error,
-                    delivered_at: delivery.delivered_at,
-                })
-                .collect(),
-            event: EventOut::from(model),
-        }))
+        Ok(Json(event_detail(&state, auth.0.id, &id).await?))
     }
 
     /// Replay an event
@@ -272,38 +217,165 @@ impl EventApi {
         /// The event's id.
         id: Path<String>,
     ) -> ApiResult<ReplayResponse> {
-        let original = find_event(&state, auth.0.id, &id).await?;
-        let event_id = Uuid::now_v7();
-        let now = Utc::now();
-        webhook_event::Entity::insert(webhook_event::ActiveModel {
-            id: Set(event_id),
-            connection_id: Set(original.connection_id),
-            company_id: Set(original.company_id),
-            plugin_id: Set(original.plugin_id),
-            delivery_key: Set(format!("replay:{}:{event_id}", original.id)),
-            received_at: Set(now),
-            headers: Set(original.headers),
-            body: Set(original.body),
-            status: Set(webhook_event::status::RECEIVED.to_owned()),
-            attempts: Set(0),
-            locked_until: Set(Some(now + state.ingest_grace)),
-            event_type: Set(None),
-            data: Set(None),
-            error: Set(None),
-            processed_at: Set(None),
-            replay_of: Set(Some(original.id)),
-        })
-        .exec_without_returning(&state.db)
-        .await?;
-        if let Err(error) = state.queue.push(ProcessEvent { event_id }).await {
-            tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "replay recorded but not enqueued; the sweeper will pick it up");
-        }
-        tracing::info!(event.id = %event_id, replay_of = %original.id, "event replayed");
-        Ok(ReplayResponse::Accepted(Json(ReplayOut {
-            event_id,
-            replay_of: original.id,
-        })))
+        Ok(ReplayResponse::Accepted(Json(
+            replay_event(&state, auth.0.id, &id).await?,
+        )))
     }
+}
+
+/// Which events a listing keeps; `None` keeps all.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct EventFilter {
+    /// Only this connection's events.
+    pub connection_id: Option<Uuid>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events in this status (one of [`EVENT_STATUSES`]).
+    pub status: Option<String>,
+}
+
+/// Every value of an event's `status`.
+pub(crate) const EVENT_STATUSES: [&str; 4] = [
+    webhook_event::status::RECEIVED,
+    webhook_event::status::PROCESSING,
+    webhook_event::status::PROCESSED,
+    webhook_event::status::FAILED,
+];
+
+/// One page of `company_id`'s events, newest first.
+pub(crate) async fn list_events(
+    state: &AppState,
+    company_id: Uuid,
+    filter: &EventFilter,
+    page: Page,
+) -> ApiResult<EventList> {
+    let mut query = webhook_event::Entity::find_for_company(company_id)
+        .order_by_desc(webhook_event::Column::Id)
+        .limit(page.fetch());
+    if let Some(connection_id) = filter.connection_id {
+        query = query.filter(webhook_event::Column::ConnectionId.eq(connection_id));
+    }
+    if let Some(event_type) = &filter.event_type {
+        query = query.filter(webhook_event::Column::EventType.eq(event_type));
+    }
+    if let Some(status) = &filter.status {
+        if !EVENT_STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "status must be one of {}",
+                EVENT_STATUSES.join(", ")
+            )));
+        }
+        query = query.filter(webhook_event::Column::Status.eq(status));
+    }
+    if let Some(before) = page.cursor {
+        query = query.filter(webhook_event::Column::Id.lt(before));
+    }
+    let mut models = query.all(&state.db).await?;
+    let next_cursor = page.finish(&mut models, |model| model.id);
+    Ok(EventList {
+        items: models.into_iter().map(EventOut::from).collect(),
+        next_cursor,
+    })
+}
+
+/// `company_id`'s event `id` with its payload, processing result and deliveries, else 404.
+pub(crate) async fn event_detail(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<EventDetailOut> {
+    let model = find_event(state, company_id, id).await?;
+    let deliveries = delivery::Entity::find_for_company(company_id)
+        .filter(delivery::Column::EventId.eq(model.id))
+        .order_by_asc(delivery::Column::Id)
+        .all(&state.db)
+        .await?;
+    let (raw, raw_text) = match serde_json::from_slice(&model.body) {
+        Ok(raw) => (Some(raw), None),
+        Err(_) => (
+            None,
+            Some(String::from_utf8_lossy(&model.body).into_owned()),
+        ),
+    };
+    Ok(EventDetailOut {
+        headers: model.headers.clone(),
+        data: processed_data(&model),
+        raw,
+        raw_text,
+        deliveries: deliveries
+            .into_iter()
+            .map(|delivery| EventDeliveryOut {
+                id: delivery.id,
+                subscription_id: delivery.subscription_id,
+                status: delivery.status,
+                attempts: delivery.attempts,
+                next_attempt_at: delivery.next_attempt_at,
+                last_status: delivery.last_status,
+                last_error: delivery.last_error,
+                delivered_at: delivery.delivered_at,
+            })
+            .collect(),
+        event: EventOut::from(model),
+    })
+}
+
+/// The parsed and enriched event as subscribers receive it in `data`, once processed. The one
+/// place that knows how a processed event is stored.
+fn processed_data(model: &webhook_event::Model) -> Option<serde_json::Value> {
+    model.data.clone()
+}
+
+/// The issue key (`ORB-417`) of a raw Jira payload, if it is about an issue.
+fn issue_key(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        issue: Option<Issue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Issue {
+        key: Option<String>,
+    }
+    serde_json::from_slice::<Payload>(body).ok()?.issue?.key
+}
+
+/// Records a replay of `company_id`'s event `id` (a new event with the same payload) and
+/// queues it.
+pub(crate) async fn replay_event(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<ReplayOut> {
+    let original = find_event(state, company_id, id).await?;
+    let event_id = Uuid::now_v7();
+    let now = Utc::now();
+    webhook_event::Entity::insert(webhook_event::ActiveModel {
+        id: Set(event_id),
+        connection_id: Set(original.connection_id),
+        company_id: Set(original.company_id),
+        plugin_id: Set(original.plugin_id),
+        delivery_key: Set(format!("replay:{}:{event_id}", original.id)),
+        received_at: Set(now),
+        headers: Set(original.headers),
+        body: Set(original.body),
+        status: Set(webhook_event::status::RECEIVED.to_owned()),
+        attempts: Set(0),
+        locked_until: Set(Some(now + state.ingest_grace)),
+        event_type: Set(None),
+        data: Set(None),
+        error: Set(None),
+        processed_at: Set(None),
+        replay_of: Set(Some(original.id)),
+    })
+    .exec_without_returning(&state.db)
+    .await?;
+    if let Err(error) = state.queue.push(ProcessEvent { event_id }).await {
+        tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "replay recorded but not enqueued; the sweeper will pick it up");
+    }
+    tracing::info!(event.id = %event_id, replay_of = %original.id, "event replayed");
+    Ok(ReplayOut {
+        event_id,
+        replay_of: original.id,
+    })
 }
 
 async fn find_event(

@@ -7,7 +7,7 @@ pub mod events;
 pub mod health;
 pub mod jira_issues;
 pub mod oauth;
-mod page;
+pub(crate) mod page;
 pub mod subscriptions;
 pub mod webhook;
 

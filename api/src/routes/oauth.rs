@@ -17,6 +17,8 @@ use uuid::Uuid;
 use crate::auth::CompanyAuth;
 use crate::connect_flow;
 use crate::consent::{self, Consent};
+use crate::console::connected::{ConnectedSite, connected_page};
+use crate::console::layout::Viewer;
 use crate::error::{ApiError, ApiResult};
 use crate::routes::ApiTags;
 use crate::state::AppState;
@@ -306,75 +308,26 @@ impl OAuthApi {
     }
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape_html(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
+/// The callback's page: the console's page of connected sites (webhook URL, secret, the steps
+/// to register the webhook in Jira), naming the company the sites were connected to.
 fn render_page(out: &CallbackOut) -> String {
-    let mut sites = String::new();
-    for connection in &out.connections {
-        let site_url = format!("https://{}", connection.external_id);
-        sites.push_str(&format!(
-            r#"<section>
-<h2>{name} <small>({external_id})</small></h2>
-<dl>
-<dt>Connection id</dt><dd><code>{id}</code></dd>
-<dt>Webhook URL</dt><dd><code>{webhook_url}</code></dd>
-<dt>Secret</dt><dd><code>{secret}</code></dd>
-</dl>
-<h3>Register the webhook in Jira</h3>
-<ol>
-<li>In <a href="{site_url}/plugins/servlet/webhooks" rel="noopener">{external_id}</a>, open
-<strong>Settings → System → WebHooks</strong> and choose <strong>Create a WebHook</strong>.</li>
-<li>URL: <code>{webhook_url}</code></li>
-<li>Secret: <code>{secret}</code></li>
-<li>Events: under <em>Issue</em> tick <strong>created</strong>, <strong>updated</strong> and
-<strong>deleted</strong>; under <em>Comment</em> tick <strong>created</strong>,
-<strong>updated</strong> and <strong>deleted</strong>; optionally <em>Worklog</em> and
-<em>Issue link</em> events.</li>
-<li>Optionally limit the issues with a JQL filter, e.g. <code>project = ABC</code>.</li>
-<li>Save. Jira signs every delivery with the secret; hookline checks the signature.</li>
-</ol>
-</section>
-"#,
-            name = escape_html(&connection.external_name),
-            external_id = escape_html(&connection.external_id),
-            id = connection.id,
-            webhook_url = escape_html(&connection.webhook_url),
-            secret = escape_html(&connection.webhook_secret),
-            site_url = escape_html(&site_url),
-        ));
-    }
-    format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="referrer" content="no-referrer">
-<title>Jira connected to {company} — hookline</title>
-</head>
-<body>
-<h1>Jira connected to {company}</h1>
-<p>{count} site(s) connected to <strong>{company}</strong>. The secrets are shown only here:
-copy them now.</p>
-{sites}</body>
-</html>
-"#,
-        company = escape_html(&out.company_name),
-        count = out.connections.len(),
+    let sites: Vec<ConnectedSite<'_>> = out
+        .connections
+        .iter()
+        .map(|connection| ConnectedSite {
+            id: connection.id,
+            name: &connection.external_name,
+            external_id: &connection.external_id,
+            webhook_url: &connection.webhook_url,
+            webhook_secret: &connection.webhook_secret,
+        })
+        .collect();
+    connected_page(
+        &format!("Jira connected to {}", out.company_name),
+        &sites,
+        Viewer::Anonymous,
     )
+    .into_string()
 }
 
 #[cfg(test)]
@@ -382,11 +335,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape_html(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn the_page_escapes_names_and_shows_the_jira_steps() {
         let page = render_page(&CallbackOut {
             company_id: Uuid::nil(),
             company_name: "Acme & <Co>".into(),
@@ -399,9 +348,10 @@ mod tests {
                 external_name: "<script>alert(1)</script>".into(),
             }],
         });
-        assert!(!page.contains("<script>"));
+        assert!(!page.contains("<script>alert"));
         assert!(page.contains("&lt;script&gt;"));
         assert!(page.contains("Settings → System → WebHooks"));
         assert!(page.contains("Jira connected to Acme &amp; &lt;Co&gt;"));
+        assert!(page.contains("https://h.test/webhook/jira/x"));
     }
 }

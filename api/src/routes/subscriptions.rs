@@ -58,6 +58,9 @@ pub struct SubscriptionPatch {
     /// New free text.
     #[oai(nullable, validator(max_length = 1000))]
     pub description: Option<String>,
+    /// New extra conditions, e.g. `{"projectKeys": ["ENG"]}`; `{}` removes them.
+    #[oai(nullable)]
+    pub filters: Option<serde_json::Value>,
 }
 
 /// A subscription (without its secret).
@@ -165,44 +168,8 @@ impl SubscriptionApi {
         state: poem::web::Data<&AppState>,
         body: Json<SubscriptionIn>,
     ) -> ApiResult<CreateSubscriptionResponse> {
-        let input = body.0;
-        let url = validate_url(&state, &input.url).await?;
-        validate_event_types(&input.event_types)?;
-        if let Some(connection_id) = input.connection_id {
-            entity::plugin_connection::Entity::find_by_id_for_company(connection_id, auth.0.id)
-                .one(&state.db)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::unprocessable("connectionId is not a connection of yours")
-                })?;
-        }
-        let secret = worker::signature::generate_secret();
-        let now = Utc::now();
-        let model = subscription::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            company_id: Set(auth.0.id),
-            connection_id: Set(input.connection_id),
-            description: Set(input.description),
-            event_types: Set(serde_json::json!(input.event_types)),
-            filters: Set(input.filters),
-            target_url: Set(url),
-            secret: Set(state.cipher.encrypt(&secret)),
-            enabled: Set(true),
-            disabled_reason: Set(None),
-            failing_since: Set(None),
-            created_at: Set(now),
-            updated_at: Set(now),
-        };
-        let model = subscription::Entity::insert(model)
-            .exec_with_returning(&state.db)
-            .await?;
-        tracing::info!(subscription.id = %model.id, company.id = %auth.0.id, "subscription created");
-        Ok(CreateSubscriptionResponse::Created(Json(
-            SubscriptionWithSecretOut {
-                subscription: model.into(),
-                secret,
-            },
-        )))
+        let created = create_subscription(&state, auth.0.id, body.0).await?;
+        Ok(CreateSubscriptionResponse::Created(Json(created)))
     }
 
     /// List subscriptions
@@ -221,18 +188,7 @@ impl SubscriptionApi {
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<SubscriptionList>> {
         let page = Page::new(cursor.0, limit.0)?;
-        let mut query = subscription::Entity::find_for_company(auth.0.id)
-            .order_by_asc(subscription::Column::Id)
-            .limit(page.fetch());
-        if let Some(after) = page.cursor {
-            query = query.filter(subscription::Column::Id.gt(after));
-        }
-        let mut models = query.all(&state.db).await?;
-        let next_cursor = page.finish(&mut models, |model| model.id);
-        Ok(Json(SubscriptionList {
-            items: models.into_iter().map(SubscriptionOut::from).collect(),
-            next_cursor,
-        }))
+        Ok(Json(list_subscriptions(&state, auth.0.id, page).await?))
     }
 
     /// Get a subscription
@@ -269,45 +225,9 @@ impl SubscriptionApi {
         id: Path<String>,
         body: Json<SubscriptionPatch>,
     ) -> ApiResult<Json<SubscriptionOut>> {
-        let patch = body.0;
-        let model = find_subscription(&state, auth.0.id, &id).await?;
-        let was_enabled = model.enabled;
-        let subscription_id = model.id;
-        let mut active = model.into_active_model();
-        if let Some(url) = patch.url {
-            active.target_url = Set(validate_url(&state, &url).await?);
-        }
-        if let Some(event_types) = patch.event_types {
-            validate_event_types(&event_types)?;
-            active.event_types = Set(serde_json::json!(event_types));
-        }
-        if let Some(description) = patch.description {
-            active.description = Set(Some(description));
-        }
-        let enabling = patch.enabled == Some(true) && !was_enabled;
-        if let Some(enabled) = patch.enabled {
-            active.enabled = Set(enabled);
-            if enabled {
-                active.disabled_reason = Set(None);
-                active.failing_since = Set(None);
-            }
-        }
-        active.updated_at = Set(Utc::now());
-        let model = active.update(&state.db).await?;
-        if enabling {
-            // Its waiting deliveries are due now; the sweeper sends them.
-            delivery::Entity::update_many()
-                .col_expr(delivery::Column::NextAttemptAt, Expr::value(Utc::now()))
-                .col_expr(
-                    delivery::Column::LockedUntil,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .filter(delivery::Column::SubscriptionId.eq(subscription_id))
-                .filter(delivery::Column::Status.eq(delivery::status::PENDING))
-                .exec(&state.db)
-                .await?;
-        }
-        Ok(Json(model.into()))
+        Ok(Json(
+            update_subscription(&state, auth.0.id, &id, body.0).await?,
+        ))
     }
 
     /// Delete a subscription
@@ -325,8 +245,7 @@ impl SubscriptionApi {
         /// The subscription's id.
         id: Path<String>,
     ) -> ApiResult<DeleteSubscriptionResponse> {
-        let model = find_subscription(&state, auth.0.id, &id).await?;
-        model.delete(&state.db).await?;
+        delete_subscription(&state, auth.0.id, &id).await?;
         Ok(DeleteSubscriptionResponse::Deleted)
     }
 
@@ -345,17 +264,158 @@ impl SubscriptionApi {
         /// The subscription's id.
         id: Path<String>,
     ) -> ApiResult<Json<SubscriptionWithSecretOut>> {
-        let model = find_subscription(&state, auth.0.id, &id).await?;
-        let secret = worker::signature::generate_secret();
-        let mut active = model.into_active_model();
-        active.secret = Set(state.cipher.encrypt(&secret));
-        active.updated_at = Set(Utc::now());
-        let model = active.update(&state.db).await?;
-        Ok(Json(SubscriptionWithSecretOut {
-            subscription: model.into(),
-            secret,
-        }))
+        Ok(Json(rotate_secret(&state, auth.0.id, &id).await?))
     }
+}
+
+/// Creates a subscription for `company_id`; the answer carries its signing secret, which is
+/// shown only then (and on rotation).
+pub(crate) async fn create_subscription(
+    state: &AppState,
+    company_id: Uuid,
+    input: SubscriptionIn,
+) -> ApiResult<SubscriptionWithSecretOut> {
+    let url = validate_url(state, &input.url).await?;
+    validate_event_types(&input.event_types)?;
+    validate_filters(input.filters.as_ref())?;
+    if let Some(connection_id) = input.connection_id {
+        entity::plugin_connection::Entity::find_by_id_for_company(connection_id, company_id)
+            .one(&state.db)
+            .await?
+            .ok_or_else(|| ApiError::unprocessable("connectionId is not a connection of yours"))?;
+    }
+    let secret = worker::signature::generate_secret();
+    let now = Utc::now();
+    let model = subscription::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        company_id: Set(company_id),
+        connection_id: Set(input.connection_id),
+        description: Set(input.description),
+        event_types: Set(serde_json::json!(input.event_types)),
+        filters: Set(input.filters),
+        target_url: Set(url),
+        secret: Set(state.cipher.encrypt(&secret)),
+        enabled: Set(true),
+        disabled_reason: Set(None),
+        failing_since: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let model = subscription::Entity::insert(model)
+        .exec_with_returning(&state.db)
+        .await?;
+    tracing::info!(subscription.id = %model.id, company.id = %company_id, "subscription created");
+    Ok(SubscriptionWithSecretOut {
+        subscription: model.into(),
+        secret,
+    })
+}
+
+/// One page of `company_id`'s subscriptions, oldest first.
+pub(crate) async fn list_subscriptions(
+    state: &AppState,
+    company_id: Uuid,
+    page: Page,
+) -> ApiResult<SubscriptionList> {
+    let mut query = subscription::Entity::find_for_company(company_id)
+        .order_by_asc(subscription::Column::Id)
+        .limit(page.fetch());
+    if let Some(after) = page.cursor {
+        query = query.filter(subscription::Column::Id.gt(after));
+    }
+    let mut models = query.all(&state.db).await?;
+    let next_cursor = page.finish(&mut models, |model| model.id);
+    Ok(SubscriptionList {
+        items: models.into_iter().map(SubscriptionOut::from).collect(),
+        next_cursor,
+    })
+}
+
+/// Applies `patch` to `company_id`'s subscription `id`. Enabling a disabled subscription clears
+/// its failure state and makes its waiting deliveries due now.
+pub(crate) async fn update_subscription(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+    patch: SubscriptionPatch,
+) -> ApiResult<SubscriptionOut> {
+    let model = find_subscription(state, company_id, id).await?;
+    let was_enabled = model.enabled;
+    let subscription_id = model.id;
+    let mut active = model.into_active_model();
+    if let Some(url) = patch.url {
+        active.target_url = Set(validate_url(state, &url).await?);
+    }
+    if let Some(event_types) = patch.event_types {
+        validate_event_types(&event_types)?;
+        active.event_types = Set(serde_json::json!(event_types));
+    }
+    if let Some(description) = patch.description {
+        active.description = Set(Some(description));
+    }
+    if let Some(filters) = patch.filters {
+        validate_filters(Some(&filters))?;
+        // `{}` removes every filter.
+        let empty = filters.as_object().is_some_and(serde_json::Map::is_empty);
+        active.filters = Set((!empty).then_some(filters));
+    }
+    let enabling = patch.enabled == Some(true) && !was_enabled;
+    if let Some(enabled) = patch.enabled {
+        active.enabled = Set(enabled);
+        if enabled {
+            active.disabled_reason = Set(None);
+            active.failing_since = Set(None);
+        }
+    }
+    active.updated_at = Set(Utc::now());
+    let model = active.update(&state.db).await?;
+    if enabling {
+        // Its waiting deliveries are due now; the sweeper sends them.
+        delivery::Entity::update_many()
+            .col_expr(delivery::Column::NextAttemptAt, Expr::value(Utc::now()))
+            .col_expr(
+                delivery::Column::LockedUntil,
+                Expr::value(Option::<DateTime<Utc>>::None),
+            )
+            .filter(delivery::Column::SubscriptionId.eq(subscription_id))
+            .filter(delivery::Column::Status.eq(delivery::status::PENDING))
+            .exec(&state.db)
+            .await?;
+    }
+    Ok(model.into())
+}
+
+/// Deletes `company_id`'s subscription `id` with its deliveries.
+pub(crate) async fn delete_subscription(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<()> {
+    let model = find_subscription(state, company_id, id).await?;
+    let subscription_id = model.id;
+    model.delete(&state.db).await?;
+    tracing::info!(subscription.id = %subscription_id, "subscription deleted");
+    Ok(())
+}
+
+/// Gives `company_id`'s subscription `id` a new signing secret and returns it (shown only
+/// then); deliveries are signed with it from now on.
+pub(crate) async fn rotate_secret(
+    state: &AppState,
+    company_id: Uuid,
+    id: &str,
+) -> ApiResult<SubscriptionWithSecretOut> {
+    let model = find_subscription(state, company_id, id).await?;
+    let secret = worker::signature::generate_secret();
+    let mut active = model.into_active_model();
+    active.secret = Set(state.cipher.encrypt(&secret));
+    active.updated_at = Set(Utc::now());
+    let model = active.update(&state.db).await?;
+    tracing::info!(subscription.id = %model.id, "subscription secret rotated");
+    Ok(SubscriptionWithSecretOut {
+        subscription: model.into(),
+        secret,
+    })
 }
 
 /// The subscription `id` of `company_id`, else 404.
@@ -376,6 +436,28 @@ async fn validate_url(state: &AppState, url: &str) -> ApiResult<String> {
         .await
         .map(|url| url.to_string())
         .map_err(ApiError::unprocessable)
+}
+
+/// Filters are a JSON object; `projectKeys`, when present, is a list of project keys.
+fn validate_filters(filters: Option<&serde_json::Value>) -> ApiResult<()> {
+    let Some(filters) = filters else {
+        return Ok(());
+    };
+    let Some(object) = filters.as_object() else {
+        return Err(ApiError::unprocessable(
+            "filters must be a JSON object, e.g. {\"projectKeys\": [\"ENG\"]}",
+        ));
+    };
+    if let Some(keys) = object.get("projectKeys")
+        && !keys
+            .as_array()
+            .is_some_and(|keys| keys.iter().all(serde_json::Value::is_string))
+    {
+        return Err(ApiError::unprocessable(
+            "filters.projectKeys must be a list of project keys, e.g. [\"ENG\"]",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_event_types(event_types: &[String]) -> ApiResult<()> {

@@ -121,7 +121,9 @@ fn error_outcome(error: &ApiError) -> &'static str {
     }
 }
 
-async fn ingest(
+/// Records one webhook for `connection_id` as ingest does (signature, rate limit, dedupe,
+/// group commit, job push). The console's `Send a test event` goes through here too.
+pub(crate) async fn ingest(
     state: &AppState,
     req: &Request,
     connection_id: &str,

@@ -3,6 +3,8 @@
 mod api;
 mod bad_input;
 mod check;
+mod console;
+mod console_browser;
 mod delivery;
 mod deploy;
 mod embedded;
