@@ -271,6 +271,8 @@ async fn a_newcomer_sends_a_test_event_and_sees_it_delivered_in_the_embedded_mod
     browser.goto(&app.url("/subscriptions")).await;
     browser.fill("Destination URL", &subscriber.url).await;
     browser.click_button("Create subscription").await;
+    // Wait for the form's answer before leaving: a navigation started now would race with it.
+    browser.find("#signing-secret").await;
 
     browser.goto(&app.url("/connections")).await;
     browser.screenshot("connections-with-test-button").await;
