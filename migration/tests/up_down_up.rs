@@ -209,6 +209,7 @@ async fn round_trip(db: &DatabaseConnection) -> Result<(), DbErr> {
         locked_until: None,
         event_type: None,
         data: None,
+        payload: None,
         error: None,
         processed_at: None,
         replay_of: None,

@@ -310,7 +310,7 @@ async fn run_drain(
 
         // Let the API's last commits and pushes settle before the clock starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let promoted = stack.promote_scheduled_jobs("process_event").await?;
+        let promoted = stack.promote_scheduled_jobs("process_events").await?;
         report.line(format!(
             "moved {promoted} jobs from apalis-redis' scheduled set to the active list (a \
              backlog over ~8,000 jobs otherwise makes every fetch fail: see BENCHMARKS.md)"

@@ -289,7 +289,7 @@ async fn nul_characters_are_stored_processed_and_delivered(backend: Backend) {
         let stored = wait_processed(&app, *id).await;
         assert_eq!(stored.status, "processed", "{:?}", stored.error);
         assert_eq!(&stored.body, body, "the raw body is kept byte for byte");
-        let data = stored.data.expect("data").to_string();
+        let data = worker::envelope::data_of(&stored).expect("data").to_string();
         assert!(!data.contains("\\u0000"), "{data}");
         assert!(!stored.event_type.unwrap_or_default().contains('\0'));
     }
