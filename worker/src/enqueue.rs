@@ -98,7 +98,10 @@ async fn push_until_accepted(queue: &JobQueue, jobs: Vec<ProcessEvents>) {
         metrics::counter!("hookline_enqueue_failures_total", "job" => "process_events")
             .increment(1);
         if failures == 1 {
-            tracing::warn!(error, "could not enqueue recorded events; retrying until the queue answers");
+            tracing::warn!(
+                error,
+                "could not enqueue recorded events; retrying until the queue answers"
+            );
         }
         tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))).await;
     }

@@ -32,7 +32,9 @@ pub fn stored_payload(
     })?;
     let data = serde_json::to_string(data)?;
     let (Some(head), Some(data)) = (head.strip_suffix('}'), data.strip_suffix('}')) else {
-        return Err(serde::ser::Error::custom("the envelope's parts are not objects"));
+        return Err(serde::ser::Error::custom(
+            "the envelope's parts are not objects",
+        ));
     };
     let separator = if data == "{" { "" } else { "," };
     Ok(format!("{head},\"data\":{data}{separator}\"raw\":"))
@@ -117,13 +119,14 @@ mod tests {
         assert_eq!(envelope["data"]["raw"]["b"], 1);
         // The raw body is there byte for byte, key order and spacing included.
         let text = String::from_utf8(sent).expect("utf-8");
-        assert!(text.contains(r#""raw":{ "webhookEvent" : "jira:issue_updated", "b": 1, "a": 2 }}}"#));
+        assert!(
+            text.contains(r#""raw":{ "webhookEvent" : "jira:issue_updated", "b": 1, "a": 2 }}}"#)
+        );
     }
 
     #[test]
     fn an_empty_data_object_still_makes_valid_json() {
-        let payload =
-            stored_payload("x", Utc::now(), &serde_json::json!({})).expect("payload");
+        let payload = stored_payload("x", Utc::now(), &serde_json::json!({})).expect("payload");
         let envelope: serde_json::Value =
             serde_json::from_slice(&body(&payload, b"{}")).expect("valid JSON");
         assert_eq!(envelope["data"]["raw"], serde_json::json!({}));

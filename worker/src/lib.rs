@@ -6,8 +6,8 @@
 
 pub mod db_retry;
 pub mod destination;
-pub mod enrichment;
 pub mod enqueue;
+pub mod enrichment;
 pub mod envelope;
 pub mod janitor;
 pub mod jobs;

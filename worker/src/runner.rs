@@ -4,11 +4,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis_core::backend::ext::poll_strategy::Strategy;
 use apalis::prelude::{
     BackendExt, Event, EventListenerExt, WorkerBuilder, WorkerBuilderExt, WorkerContext,
     WorkerError,
 };
+use apalis_core::backend::ext::poll_strategy::Strategy;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use futures::FutureExt as _;
@@ -67,7 +67,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = RedisStorage::<$job>::new(conn.clone())
                         .with_config(config)
-                        .poll_with_strategy(wake_or_poll(&ctx.queue.wake_stream::<$job>(), poll_interval));
+                        .poll_with_strategy(wake_or_poll(
+                            &ctx.queue.wake_stream::<$job>(),
+                            poll_interval,
+                        ));
                     let worker = WorkerBuilder::new(name)
                         .backend(backend)
                         .data(ctx.clone())
@@ -84,7 +87,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = SqliteStorage::<$job>::new(pool)
                         .with_config(config)
-                        .poll_with_strategy(wake_or_poll(&ctx.queue.wake_stream::<$job>(), poll_interval));
+                        .poll_with_strategy(wake_or_poll(
+                            &ctx.queue.wake_stream::<$job>(),
+                            poll_interval,
+                        ));
                     let worker = WorkerBuilder::new(name)
                         .backend(backend)
                         .data(ctx.clone())

@@ -29,11 +29,17 @@ pub fn numbered(backend: DatabaseBackend, text: &str) -> String {
     }
 }
 
-/// A Postgres `text[]` with NULLs.
+/// A Postgres `text[]` in which `None` is the empty string: read it back with
+/// `NULLIF(x, '')` (and a cast for other types). sea-query 1.0 cannot bind NULL elements of
+/// an array (it panics), so nullable columns travel this way through `unnest`.
 pub fn text_array(values: impl Iterator<Item = Option<String>>) -> Value {
     Value::Array(
         ArrayType::String,
-        Some(Box::new(values.map(Value::String).collect())),
+        Some(Box::new(
+            values
+                .map(|value| Value::String(Some(value.unwrap_or_default())))
+                .collect(),
+        )),
     )
 }
 

@@ -64,8 +64,10 @@ impl SubscriptionCache {
             .filter(subscription::Column::Enabled.eq(true))
             .all(db)
             .await?;
-        let mut by_company: HashMap<Uuid, Vec<subscription::Model>> =
-            missing.iter().map(|&company_id| (company_id, Vec::new())).collect();
+        let mut by_company: HashMap<Uuid, Vec<subscription::Model>> = missing
+            .iter()
+            .map(|&company_id| (company_id, Vec::new()))
+            .collect();
         for row in rows {
             by_company.entry(row.company_id).or_default().push(row);
         }

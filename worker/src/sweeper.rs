@@ -44,12 +44,17 @@ pub async fn run(ctx: JobContext, mut stop: watch::Receiver<bool>) {
         let queue_lost_jobs = match ctx.queue.mark_alive().await {
             Ok(lost) => lost,
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "the queue does not answer; sweeping later");
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the queue does not answer; sweeping later"
+                );
                 continue;
             }
         };
         if queue_lost_jobs {
-            tracing::info!("the queue holds none of the jobs it had (a restart or flush); re-enqueuing every unfinished row");
+            tracing::info!(
+                "the queue holds none of the jobs it had (a restart or flush); re-enqueuing every unfinished row"
+            );
         }
         match sweep_once(&ctx, queue_lost_jobs).await {
             Ok(0) => {}
@@ -142,7 +147,10 @@ async fn release_due_events(ctx: &JobContext, ignore_grace: bool) -> anyhow::Res
 
 /// One sweep of deliveries: enqueues every due delivery of an enabled subscription whose job is
 /// lost (see the module documentation). Returns how many were enqueued.
-pub async fn sweep_deliveries_once(ctx: &JobContext, queue_lost_jobs: bool) -> anyhow::Result<usize> {
+pub async fn sweep_deliveries_once(
+    ctx: &JobContext,
+    queue_lost_jobs: bool,
+) -> anyhow::Result<usize> {
     if !queue_lost_jobs {
         let first = ctx.queue.backlog::<Deliver>().await?.ready;
         let retries = ctx.queue.backlog::<DeliverRetry>().await?.ready;
@@ -202,7 +210,7 @@ async fn release_due_deliveries(
         delivery::Entity::update_many()
             .col_expr(
                 delivery::Column::LockedUntil,
-                Expr::col(delivery::Column::NextAttemptAt).into(),
+                Expr::col(delivery::Column::NextAttemptAt),
             )
             .filter(delivery::Column::Status.eq(delivery::status::PENDING))
             .filter(delivery::Column::NextAttemptAt.gt(now))

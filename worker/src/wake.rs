@@ -38,13 +38,19 @@ pub struct Wakers {
 impl Wakers {
     /// The stream the workers of `queue` wait on.
     pub fn stream(&self, queue: &str) -> WakeStream {
-        let mut queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         queues.entry(queue.to_owned()).or_default().clone()
     }
 
     /// Wakes the workers of `queue` in this process, if any wait.
     pub fn signal(&self, queue: &str) {
-        let queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(stream) = queues.get(queue) {
             stream.signal();
         }
@@ -52,7 +58,10 @@ impl Wakers {
 
     /// Wakes every queue's workers (after a missed stretch of notifications).
     fn signal_all(&self) {
-        let queues = self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let queues = self
+            .queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for stream in queues.values() {
             stream.signal();
         }
@@ -162,9 +171,15 @@ mod tests {
         wakers.signal("q");
         assert_eq!(stream.next().await, Some(()));
         let waited = tokio::time::timeout(Duration::from_millis(20), stream.next()).await;
-        assert!(waited.is_err(), "two signals before one poll are one wake-up");
+        assert!(
+            waited.is_err(),
+            "two signals before one poll are one wake-up"
+        );
         wakers.signal("other");
         let waited = tokio::time::timeout(Duration::from_millis(20), stream.next()).await;
-        assert!(waited.is_err(), "another queue's signal does not wake this one");
+        assert!(
+            waited.is_err(),
+            "another queue's signal does not wake this one"
+        );
     }
 }

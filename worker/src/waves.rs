@@ -44,7 +44,9 @@ impl<T: Send + 'static> Waves<T> {
         };
         let mut wave = vec![first];
         let deadline = tokio::time::Instant::now() + self.wait;
-        while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, self.running.join_next()).await {
+        while let Ok(Some(joined)) =
+            tokio::time::timeout_at(deadline, self.running.join_next()).await
+        {
             match joined {
                 Ok(member) => wave.push(member),
                 Err(error) => tracing::error!(error = %error, "a batch member panicked"),

@@ -369,7 +369,13 @@ pub(crate) async fn replay_event(
     })
     .exec_without_returning(&state.db)
     .await?;
-    if let Err(error) = state.queue.push(ProcessEvents { event_ids: vec![event_id] }).await {
+    if let Err(error) = state
+        .queue
+        .push(ProcessEvents {
+            event_ids: vec![event_id],
+        })
+        .await
+    {
         tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "replay recorded but not enqueued; the sweeper will pick it up");
     }
     tracing::info!(event.id = %event_id, replay_of = %original.id, "event replayed");

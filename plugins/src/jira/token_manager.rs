@@ -263,8 +263,8 @@ impl TokenManager {
     fn recent_token(&self, connection_id: Uuid) -> Option<AccessToken> {
         let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
         let entry = recent.get(&connection_id)?;
-        let margin =
-            chrono::Duration::from_std(self.inner.policy.margin).unwrap_or(chrono::Duration::zero());
+        let margin = chrono::Duration::from_std(self.inner.policy.margin)
+            .unwrap_or(chrono::Duration::zero());
         (entry.read_at.elapsed() < RECENT_TTL && entry.expires_at - Utc::now() > margin)
             .then(|| entry.token.clone())
     }
@@ -282,6 +282,14 @@ impl TokenManager {
                 read_at: std::time::Instant::now(),
             },
         );
+    }
+
+    /// Drops every token kept in memory, so the next call of each connection reads its grant:
+    /// for a change made to the grants behind the manager's back (an operator's repair, a test
+    /// moving expiry into the past).
+    pub fn forget_recent_tokens(&self) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.clear();
     }
 
     fn forget(&self, connection_id: Uuid) {

@@ -160,7 +160,9 @@ async fn a_jira_that_keeps_failing_gives_up_within_the_budget(backend: Backend) 
         "{:?}",
         started.elapsed()
     );
-    let enrichment = worker::envelope::data_of(&event(&app, event_id).await).expect("data")["enrichment"].clone();
+    let enrichment =
+        worker::envelope::data_of(&event(&app, event_id).await).expect("data")["enrichment"]
+            .clone();
     assert_eq!(enrichment["status"], "failed");
     assert!(
         enrichment["error"].as_str().expect("error").contains("500"),

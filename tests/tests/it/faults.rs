@@ -629,7 +629,10 @@ async fn a_token_refresh_outlasting_the_budget_is_finished_and_saved(backend: Ba
     .await;
     let first = wait_processed(&app, id_of_event(first).await).await;
     if backend == Backend::PostgresRedis {
-        assert_eq!(worker::envelope::data_of(&first).expect("data")["enrichment"]["status"], "failed");
+        assert_eq!(
+            worker::envelope::data_of(&first).expect("data")["enrichment"]["status"],
+            "failed"
+        );
     }
     // On SQLite the refresh holds the database's write lock while it waits for the token
     // endpoint, so the first run cannot record its result before its lease ends; the rerun

@@ -102,6 +102,41 @@ pub async fn queued_process_event_jobs(env: &TestEnv, app: &TestApp) -> u64 {
     }
 }
 
+/// The event ids the waiting `ProcessEvents` jobs of this environment carry (a job carries a
+/// batch), in no particular order.
+pub async fn queued_event_ids(env: &TestEnv, app: &TestApp) -> Vec<Uuid> {
+    let queue = format!("{}:process_events", env.queue_prefix);
+    let payloads: Vec<Vec<u8>> = match env.backend {
+        Backend::Embedded => app
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                app.db.get_database_backend(),
+                "SELECT job FROM Jobs WHERE job_type = ? AND status = 'Pending'",
+                [queue.into()],
+            ))
+            .await
+            .expect("read jobs")
+            .iter()
+            .map(|row| row.try_get::<Vec<u8>>("", "job").expect("job"))
+            .collect(),
+        Backend::PostgresRedis => {
+            let mut conn = redis_connection(env).await;
+            redis::cmd("HVALS")
+                .arg(format!("{queue}:data"))
+                .query_async(&mut conn)
+                .await
+                .expect("HVALS")
+        }
+    };
+    let mut ids = Vec::new();
+    for payload in payloads {
+        let job: worker::jobs::ProcessEvents =
+            serde_json::from_slice(&payload).expect("a ProcessEvents job");
+        ids.extend(job.event_ids);
+    }
+    ids
+}
+
 /// How many finished jobs the queue backend still keeps, over every queue of this environment
 /// (the janitor removes them: the database is the record).
 pub async fn finished_jobs_in_queue(env: &TestEnv, app: &TestApp) -> u64 {
@@ -329,7 +364,9 @@ pub async fn event_with_delivery(
     .expect("insert delivery");
     app.job_context
         .queue
-        .push(worker::jobs::Deliver { delivery_ids: vec![delivery_id] })
+        .push(worker::jobs::Deliver {
+            delivery_ids: vec![delivery_id],
+        })
         .await
         .expect("push Deliver");
     (event_id, delivery_id)
@@ -418,7 +455,9 @@ pub async fn insert_received_event(
     .await;
     app.job_context
         .queue
-        .push(worker::jobs::ProcessEvents { event_ids: vec![event_id] })
+        .push(worker::jobs::ProcessEvents {
+            event_ids: vec![event_id],
+        })
         .await
         .expect("push ProcessEvents");
     event_id

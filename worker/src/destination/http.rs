@@ -114,8 +114,7 @@ impl HttpDestination {
             None
         } else {
             Some(
-                read_error
-                    .unwrap_or_else(|| format!("the subscriber answered HTTP {status_code}")),
+                read_error.unwrap_or_else(|| format!("the subscriber answered HTTP {status_code}")),
             )
         };
         AttemptResult {

@@ -114,6 +114,9 @@ mod tests {
         assert!(!refused.succeeded());
         assert_eq!(refused.outcome_label(), "http_error");
         assert_eq!(AttemptResult::permanent("no").outcome_label(), "refused");
-        assert_eq!(AttemptResult::transient("down").outcome_label(), "network_error");
+        assert_eq!(
+            AttemptResult::transient("down").outcome_label(),
+            "network_error"
+        );
     }
 }

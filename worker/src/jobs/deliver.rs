@@ -27,7 +27,7 @@ use apalis_core::task::data::Data;
 use chrono::{DateTime, Utc};
 use entity::delivery::status;
 use entity::{subscription, webhook_event};
-use sea_orm::sea_query::{ArrayType, Value};
+use sea_orm::sea_query::Value;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult,
     QueryFilter, QuerySelect, Statement, TransactionTrait,
@@ -296,7 +296,10 @@ async fn read_subscriptions(
     })
     .await
     .context("could not load the subscriptions")?;
-    Ok(rows.into_iter().map(|row| (row.id, Arc::new(row))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.id, Arc::new(row)))
+        .collect())
 }
 
 /// The envelopes of the claimed deliveries' events, in one query: the stored payload and the
@@ -435,7 +438,11 @@ fn decide(ctx: &JobContext, attempted: &Attempted) -> Decided {
     } else {
         // `attempts` counts this attempt: after the first one, the first retry delay applies.
         let retry_index = usize::try_from(attempted.delivery.attempts - 1).unwrap_or(usize::MAX);
-        next_delay(&ctx.settings.retry_schedule, retry_index, result.retry_after)
+        next_delay(
+            &ctx.settings.retry_schedule,
+            retry_index,
+            result.retry_after,
+        )
     };
     Decided {
         outcome: if next_delay.is_some() {
@@ -455,7 +462,10 @@ async fn record_wave(
     outcome: &mut BatchOutcome,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
-    let decided: Vec<Decided> = wave.iter().map(|attempted| decide(ctx, attempted)).collect();
+    let decided: Vec<Decided> = wave
+        .iter()
+        .map(|attempted| decide(ctx, attempted))
+        .collect();
     let recorded = db_retry::retry("record delivery attempts", || {
         record(ctx, &wave, &decided, now)
     })
@@ -487,7 +497,7 @@ async fn record_wave(
                 let end_to_end = (now - attempted.received_at).to_std().unwrap_or_default();
                 metrics::histogram!("hookline_delivery_end_to_end_seconds")
                     .record(end_to_end.as_secs_f64());
-                tracing::debug!(delivery.id = %delivery.id, attempt = delivery.attempts, "delivered");
+                tracing::info!(delivery.id = %delivery.id, attempt = delivery.attempts, "delivered");
             }
             Outcome::Retrying => {
                 outcome.retrying += 1;
@@ -605,17 +615,22 @@ async fn record_postgres(
 ) -> Result<std::collections::HashSet<Uuid>, DbErr> {
     let update = Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
-        "UPDATE delivery AS d SET status = u.status, next_attempt_at = u.next_attempt_at, \
-           locked_until = u.locked_until, last_status = u.status_code, last_error = u.error, \
-           updated_at = $1, delivered_at = u.delivered_at \
-         FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[], \
-                     $7::int4[], $8::text[], $9::timestamptz[]) \
+        "UPDATE delivery AS d SET status = u.status, \
+           next_attempt_at = NULLIF(u.next_attempt_at, '')::timestamptz, \
+           locked_until = NULLIF(u.locked_until, '')::timestamptz, \
+           last_status = NULLIF(u.status_code, '')::int4, last_error = NULLIF(u.error, ''), \
+           updated_at = $1, delivered_at = NULLIF(u.delivered_at, '')::timestamptz \
+         FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::text[]) \
            AS u(id, attempts, status, next_attempt_at, locked_until, status_code, error, delivered_at) \
          WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempts \
          RETURNING d.id",
         [
             now.into(),
-            rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>().into(),
+            rows.iter()
+                .map(|r| r.delivery_id)
+                .collect::<Vec<_>>()
+                .into(),
             rows.iter().map(|r| r.attempts).collect::<Vec<_>>().into(),
             sql::text_array(rows.iter().map(|r| Some(r.status.to_owned()))),
             time_array(rows.iter().map(|r| r.next_attempt_at)),
@@ -642,14 +657,26 @@ async fn record_postgres(
         DatabaseBackend::Postgres,
         "INSERT INTO delivery_attempt (id, delivery_id, attempt, started_at, duration_ms, \
            status_code, error, response_excerpt) \
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[], \
-                              $5::int8[], $6::int4[], $7::text[], $8::text[])",
+         SELECT u.id, u.delivery_id, u.attempt, u.started_at, u.duration_ms, \
+           NULLIF(u.status_code, '')::int4, NULLIF(u.error, ''), NULLIF(u.excerpt, '') \
+         FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[], $5::int8[], \
+                     $6::text[], $7::text[], $8::text[]) \
+           AS u(id, delivery_id, attempt, started_at, duration_ms, status_code, error, excerpt)",
         [
-            kept.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>().into(),
-            kept.iter().map(|r| r.delivery_id).collect::<Vec<_>>().into(),
+            kept.iter()
+                .map(|_| Uuid::now_v7())
+                .collect::<Vec<_>>()
+                .into(),
+            kept.iter()
+                .map(|r| r.delivery_id)
+                .collect::<Vec<_>>()
+                .into(),
             kept.iter().map(|r| r.attempts).collect::<Vec<_>>().into(),
             kept.iter().map(|r| r.started_at).collect::<Vec<_>>().into(),
-            kept.iter().map(|r| r.duration_ms).collect::<Vec<_>>().into(),
+            kept.iter()
+                .map(|r| r.duration_ms)
+                .collect::<Vec<_>>()
+                .into(),
             int_array(kept.iter().map(|r| r.status_code)),
             sql::text_array(kept.iter().map(|r| r.error.clone())),
             sql::text_array(kept.iter().map(|r| r.excerpt.clone())),
@@ -709,18 +736,12 @@ async fn record_each(
     Ok(recorded)
 }
 
-/// A Postgres `timestamptz[]` with NULLs.
+/// Nullable instants as a `text[]` for `NULLIF(x, '')::timestamptz` (see [`sql::text_array`]).
 fn time_array(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> Value {
-    Value::Array(
-        ArrayType::ChronoDateTimeUtc,
-        Some(Box::new(values.map(Value::ChronoDateTimeUtc).collect())),
-    )
+    sql::text_array(values.map(|at| at.map(|at| at.to_rfc3339())))
 }
 
-/// A Postgres `int4[]` with NULLs.
+/// Nullable integers as a `text[]` for `NULLIF(x, '')::int4` (see [`sql::text_array`]).
 fn int_array(values: impl Iterator<Item = Option<i32>>) -> Value {
-    Value::Array(
-        ArrayType::Int,
-        Some(Box::new(values.map(Value::Int).collect())),
-    )
+    sql::text_array(values.map(|value| value.map(|value| value.to_string())))
 }

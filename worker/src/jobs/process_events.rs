@@ -140,7 +140,10 @@ pub async fn handle(
             Ok(())
         }
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "processing a batch of events failed");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "processing a batch of events failed"
+            );
             Err(error.into())
         }
     }
@@ -206,7 +209,10 @@ pub async fn run(ctx: &JobContext, event_ids: &[Uuid]) -> anyhow::Result<BatchOu
         ..BatchOutcome::default()
     };
     if claimed.is_empty() {
-        tracing::debug!(events = ids.len(), "no event claimed: done or owned by other runs");
+        tracing::debug!(
+            events = ids.len(),
+            "no event claimed: done or owned by other runs"
+        );
         return Ok(outcome);
     }
 
@@ -215,8 +221,12 @@ pub async fn run(ctx: &JobContext, event_ids: &[Uuid]) -> anyhow::Result<BatchOu
     for event in claimed {
         let poison_attempts = ctx.settings.poison_attempts;
         if event.attempts > poison_attempts {
-            let last = event.error.as_deref().unwrap_or("the worker stopped mid-way");
-            let error = format!("gave up after {poison_attempts} attempts; the last failed: {last}");
+            let last = event
+                .error
+                .as_deref()
+                .unwrap_or("the worker stopped mid-way");
+            let error =
+                format!("gave up after {poison_attempts} attempts; the last failed: {last}");
             ready.push(Finished::failed(&event, error));
             continue;
         }
@@ -291,7 +301,10 @@ async fn read_connections(
     ctx: &JobContext,
     parsed: &[(Claimed, jira_event::JiraEvent)],
 ) -> anyhow::Result<HashMap<Uuid, plugin_connection::Model>> {
-    let mut ids: Vec<Uuid> = parsed.iter().map(|(event, _)| event.connection_id).collect();
+    let mut ids: Vec<Uuid> = parsed
+        .iter()
+        .map(|(event, _)| event.connection_id)
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.is_empty() {
@@ -403,8 +416,7 @@ async fn commit_wave(
             let mut written = Vec::with_capacity(wave.len());
             for finished in wave {
                 let single = [finished];
-                match db_retry::retry("record a processed event", || record(ctx, &single)).await
-                {
+                match db_retry::retry("record a processed event", || record(ctx, &single)).await {
                     Ok(result) => written.push((single.into_iter().collect(), result)),
                     Err(error) if !db_retry::is_transient(&error) => {
                         let [finished] = single;
@@ -430,6 +442,7 @@ async fn commit_wave(
         }
     };
 
+    let finished_before = outcome.processed + outcome.failed;
     let mut delivery_ids = Vec::new();
     for (wave, written) in written {
         for finished in &wave {
@@ -447,6 +460,13 @@ async fn commit_wave(
                     metrics::counter!("hookline_enrichment_total", "status" => enrichment)
                         .increment(1);
                 }
+                tracing::info!(
+                    event.id = %finished.id,
+                    event.r#type = finished.event_type.as_deref().unwrap_or_default(),
+                    enrichment = finished.enrichment.unwrap_or_default(),
+                    deliveries = finished.subscriptions.len(),
+                    "event processed"
+                );
             }
         }
         delivery_ids.extend(written.deliveries);
@@ -461,9 +481,17 @@ async fn commit_wave(
     // Best effort: the sweeper enqueues due deliveries whose job was lost.
     if let Err(error) = ctx.queue.push_all(jobs).await {
         metrics::counter!("hookline_enqueue_failures_total", "job" => "deliver").increment(1);
-        tracing::warn!(deliveries = delivery_ids.len(), error = format!("{error:#}"), "deliveries recorded but not enqueued; the sweeper will pick them up");
+        tracing::warn!(
+            deliveries = delivery_ids.len(),
+            error = format!("{error:#}"),
+            "deliveries recorded but not enqueued; the sweeper will pick them up"
+        );
     }
-    tracing::debug!(deliveries = delivery_ids.len(), "events recorded");
+    tracing::debug!(
+        events = outcome.processed + outcome.failed - finished_before,
+        deliveries = delivery_ids.len(),
+        "wave of events recorded"
+    );
     Ok(())
 }
 
@@ -527,7 +555,9 @@ async fn release(ctx: &JobContext, finished: &Finished, error: &str) -> anyhow::
 /// Takes every event of `ids` that is `received`, or `processing` under an expired lease.
 async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
     let now = Utc::now();
-    let lease_until = now + ctx.settings.lease;
+    // The lease outlives the enrichment budget, so a batch waiting on a slow Jira is not taken
+    // over while it is alive.
+    let lease_until = now + ctx.settings.lease + ctx.settings.enrichment_budget;
     let backend = ctx.db.get_database_backend();
     let (id_filter, ids_value) = sql::id_list(backend, ids, 5);
     let text = format!(
@@ -557,8 +587,9 @@ async fn update_events(
     if backend == DatabaseBackend::Postgres {
         let statement = Statement::from_sql_and_values(
             backend,
-            "UPDATE webhook_event AS e SET status = u.status, event_type = u.event_type, \
-             payload = u.payload, error = u.error, processed_at = $1, locked_until = NULL \
+            "UPDATE webhook_event AS e SET status = u.status, \
+             event_type = NULLIF(u.event_type, ''), payload = NULLIF(u.payload, ''), \
+             error = NULLIF(u.error, ''), processed_at = $1, locked_until = NULL \
              FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], $7::text[]) \
                AS u(id, attempts, status, event_type, payload, error) \
              WHERE e.id = u.id AND e.status = 'processing' AND e.attempts = u.attempts \
@@ -574,7 +605,10 @@ async fn update_events(
             ],
         );
         let rows = txn.query_all_raw(statement).await?;
-        return rows.iter().map(|row| row.try_get::<Uuid>("", "id")).collect();
+        return rows
+            .iter()
+            .map(|row| row.try_get::<Uuid>("", "id"))
+            .collect();
     }
     // SQLite runs in-process: one small statement per event costs no round trip.
     let mut marked = std::collections::HashSet::with_capacity(wave.len());
@@ -641,7 +675,10 @@ async fn insert_deliveries(
             ],
         );
         let rows = txn.query_all_raw(statement).await?;
-        return rows.iter().map(|row| row.try_get::<Uuid>("", "id")).collect();
+        return rows
+            .iter()
+            .map(|row| row.try_get::<Uuid>("", "id"))
+            .collect();
     }
     let mut inserted = Vec::with_capacity(new.ids.len());
     for i in 0..new.ids.len() {
