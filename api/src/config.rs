@@ -145,6 +145,31 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
 
+    /// Database connections one process keeps at most (API and workers share the pool of a
+    /// `hookline all`). Every process of a deployment opens up to this many, so their sum must
+    /// stay under the server's `max_connections` (Postgres: 100 by default). The embedded SQLite
+    /// database uses at most 8 whatever this says.
+    #[arg(long, env = "HOOKLINE_DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    /// Most events in one `ProcessEvents` job: one claim, one commit and one queue job serve
+    /// them all. A batch is whatever arrived together, so an idle system still sends one.
+    #[arg(long, env = "HOOKLINE_EVENT_BATCH_SIZE", default_value_t = 128)]
+    pub event_batch_size: usize,
+
+    /// Most deliveries in one `Deliver` job (sent concurrently, recorded together).
+    #[arg(long, env = "HOOKLINE_DELIVERY_BATCH_SIZE", default_value_t = 64)]
+    pub delivery_batch_size: usize,
+
+    /// Jira issue reads one `ProcessEvents` job runs at once.
+    #[arg(long, env = "HOOKLINE_ENRICHMENT_CONCURRENCY", default_value_t = 32)]
+    pub enrichment_concurrency: usize,
+
+    /// Times an event is claimed for processing before it ends `failed` with its last error
+    /// (an event whose processing fails, or kills its worker, every time: a poison event).
+    #[arg(long, env = "HOOKLINE_POISON_ATTEMPTS", default_value_t = 5)]
+    pub poison_attempts: u16,
+
     /// Address the worker serves Prometheus `/metrics` on (`hookline worker`). Unset: no listener.
     #[arg(long, env = "HOOKLINE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -190,7 +215,7 @@ pub struct Settings {
     pub queue_prefix: String,
 
     /// How often each worker's sweeper looks for rows whose job was lost.
-    #[arg(long, env = "HOOKLINE_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HOOKLINE_SWEEP_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
     /// How long a claimed or freshly enqueued row is left alone before the sweeper enqueues it
@@ -288,6 +313,21 @@ impl Settings {
         }
         if self.worker_concurrency == 0 {
             bail!("HOOKLINE_WORKER_CONCURRENCY must be at least 1");
+        }
+        if self.database_pool_size < 2 {
+            bail!("HOOKLINE_DATABASE_POOL_SIZE must be at least 2");
+        }
+        if self.event_batch_size == 0 || self.event_batch_size > 1000 {
+            bail!("HOOKLINE_EVENT_BATCH_SIZE must be between 1 and 1000");
+        }
+        if self.delivery_batch_size == 0 || self.delivery_batch_size > 1000 {
+            bail!("HOOKLINE_DELIVERY_BATCH_SIZE must be between 1 and 1000");
+        }
+        if self.enrichment_concurrency == 0 {
+            bail!("HOOKLINE_ENRICHMENT_CONCURRENCY must be at least 1");
+        }
+        if self.poison_attempts == 0 {
+            bail!("HOOKLINE_POISON_ATTEMPTS must be at least 1");
         }
         if self.token_reuse_leeway >= Duration::from_secs(10 * 60) {
             bail!(

@@ -24,6 +24,7 @@ use sea_orm::{
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
+use worker::enqueue::EventPusher;
 
 /// Most rows in one INSERT.
 const MAX_BATCH: usize = 128;
@@ -74,9 +75,9 @@ type DeliveryKey = (Uuid, String);
 impl EventWriter {
     /// Starts the writer task on the current runtime. It ends when every `EventWriter` clone
     /// is dropped, after writing what it was given.
-    pub fn spawn(db: DatabaseConnection) -> Self {
+    pub fn spawn(db: DatabaseConnection, pusher: EventPusher) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(db, receiver));
+        tokio::spawn(run(db, receiver, pusher));
         Self { sender }
     }
 
@@ -95,7 +96,7 @@ impl EventWriter {
 }
 
 /// Collects batches and writes up to [`MAX_IN_FLIGHT`] of them at once.
-async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Pending>) {
+async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Pending>, pusher: EventPusher) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         // Wait for a free slot first: requests arriving meanwhile join the next batch.
@@ -117,15 +118,16 @@ async fn run(db: DatabaseConnection, mut receiver: mpsc::Receiver<Pending>) {
             }
         }
         let db = db.clone();
+        let pusher = pusher.clone();
         tokio::spawn(async move {
-            write_batch(&db, batch).await;
+            write_batch(&db, batch, &pusher).await;
             drop(slot);
         });
     }
 }
 
-/// Writes one batch and answers each of its requests.
-async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
+/// Writes one batch, answers each of its requests, and enqueues the new events as one job.
+async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>, pusher: &EventPusher) {
     let started = Instant::now();
     metrics::histogram!("hookline_ingest_batch_rows").record(batch.len() as f64);
 
@@ -152,11 +154,12 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
                     }
                 }
             }
-            answer(batch, |key| {
+            let inserted = answer(batch, |key| {
                 outcomes.get(key).cloned().unwrap_or_else(|| {
                     Err(RecordError::Unavailable(Arc::from("no outcome for a row")))
                 })
             });
+            pusher.push(inserted);
             return;
         }
         Err(error) => {
@@ -167,7 +170,7 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
     };
     metrics::histogram!("hookline_ingest_batch_duration_seconds")
         .record(started.elapsed().as_secs_f64());
-    answer(batch, |key| {
+    let inserted = answer(batch, |key| {
         outcomes.get(key).copied().ok_or_else(|| {
             // The conflicting row was deleted in between (its connection was deleted).
             RecordError::Unavailable(Arc::from(
@@ -175,9 +178,15 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>) {
             ))
         })
     });
+    pusher.push(inserted);
 }
 
-fn answer(batch: Vec<Pending>, outcome: impl Fn(&DeliveryKey) -> Result<Recorded, RecordError>) {
+/// Answers each request of the batch; returns the ids of the events it inserted.
+fn answer(
+    batch: Vec<Pending>,
+    outcome: impl Fn(&DeliveryKey) -> Result<Recorded, RecordError>,
+) -> Vec<Uuid> {
+    let mut inserted = Vec::new();
     let mut first_of = HashSet::new();
     for pending in batch {
         let mut result = outcome(&pending.key);
@@ -188,9 +197,13 @@ fn answer(batch: Vec<Pending>, outcome: impl Fn(&DeliveryKey) -> Result<Recorded
         {
             result = Ok(Recorded::Duplicate(id));
         }
+        if let Ok(Recorded::Inserted(id)) = result {
+            inserted.push(id);
+        }
         // The request may have gone away (client disconnected): its row is stored regardless.
         let _ = pending.reply.send(result);
     }
+    inserted
 }
 
 /// One multi-row insert, then a lookup of the rows that were already there.

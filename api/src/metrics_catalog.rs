@@ -42,43 +42,33 @@ const NO_LABELS: &[&[(&str, &str)]] = &[&[]];
 
 /// The queues jobs travel on (label `queue` and `job`).
 const JOB_SERIES: &[&[(&str, &str)]] = &[
-    &[("job", "process_event"), ("outcome", "processed")],
-    &[("job", "process_event"), ("outcome", "failed")],
-    &[("job", "process_event"), ("outcome", "not_claimed")],
-    &[("job", "process_event"), ("outcome", "error")],
-    &[("job", "deliver"), ("outcome", "succeeded")],
-    &[("job", "deliver"), ("outcome", "retrying")],
-    &[("job", "deliver"), ("outcome", "dead")],
-    &[("job", "deliver"), ("outcome", "parked")],
-    &[("job", "deliver"), ("outcome", "not_claimed")],
+    &[("job", "process_events"), ("outcome", "ok")],
+    &[("job", "process_events"), ("outcome", "error")],
+    &[("job", "deliver"), ("outcome", "ok")],
     &[("job", "deliver"), ("outcome", "error")],
-    &[("job", "deliver_retry"), ("outcome", "succeeded")],
-    &[("job", "deliver_retry"), ("outcome", "retrying")],
-    &[("job", "deliver_retry"), ("outcome", "dead")],
-    &[("job", "deliver_retry"), ("outcome", "parked")],
-    &[("job", "deliver_retry"), ("outcome", "not_claimed")],
+    &[("job", "deliver_retry"), ("outcome", "ok")],
     &[("job", "deliver_retry"), ("outcome", "error")],
 ];
 
 const JOBS: &[&[(&str, &str)]] = &[
-    &[("job", "process_event")],
+    &[("job", "process_events")],
     &[("job", "deliver")],
     &[("job", "deliver_retry")],
 ];
 
 const QUEUES: &[&[(&str, &str)]] = &[
-    &[("queue", "process_event")],
-    &[("queue", "deliver")],
-    &[("queue", "deliver_retry")],
+    &[("queue", "process_events")],
+    &[("queue", "deliveries")],
+    &[("queue", "delivery_retries")],
 ];
 
 const QUEUE_STATES: &[&[(&str, &str)]] = &[
-    &[("queue", "process_event"), ("state", "ready")],
-    &[("queue", "process_event"), ("state", "scheduled")],
-    &[("queue", "deliver"), ("state", "ready")],
-    &[("queue", "deliver"), ("state", "scheduled")],
-    &[("queue", "deliver_retry"), ("state", "ready")],
-    &[("queue", "deliver_retry"), ("state", "scheduled")],
+    &[("queue", "process_events"), ("state", "ready")],
+    &[("queue", "process_events"), ("state", "scheduled")],
+    &[("queue", "deliveries"), ("state", "ready")],
+    &[("queue", "deliveries"), ("state", "scheduled")],
+    &[("queue", "delivery_retries"), ("state", "ready")],
+    &[("queue", "delivery_retries"), ("state", "scheduled")],
 ];
 
 const STAGES: &[&[(&str, &str)]] = &[&[("stage", "process_event")], &[("stage", "deliver")]];
@@ -137,9 +127,28 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "hookline_enqueue_failures_total",
         kind: Kind::Counter,
-        help: "Jobs that could not be pushed after their row was committed (the sweeper recovers them)",
+        help: "Pushes of jobs that failed after their rows were committed (retried, or recovered by the sweeper)",
         unit: None,
-        series: &[&[("job", "process_event")]],
+        series: JOBS,
+    },
+    Family {
+        name: "hookline_events_processed_total",
+        kind: Kind::Counter,
+        help: "Events handled by ProcessEvents batches, by outcome",
+        unit: None,
+        series: &[
+            &[("outcome", "processed")],
+            &[("outcome", "failed")],
+            &[("outcome", "not_claimed")],
+            &[("outcome", "released")],
+        ],
+    },
+    Family {
+        name: "hookline_database_retries_total",
+        kind: Kind::Counter,
+        help: "Database operations of jobs retried after a transient failure (connection lost, server restarting)",
+        unit: None,
+        series: NO_LABELS,
     },
     // Jobs (workers).
     Family {

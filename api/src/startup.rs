@@ -124,7 +124,10 @@ impl Application {
             connections: crate::connection_cache::ConnectionCache::new(
                 settings.connection_cache_ttl,
             ),
-            events: crate::event_writer::EventWriter::spawn(db.clone()),
+            events: crate::event_writer::EventWriter::spawn(
+                db.clone(),
+                worker::enqueue::EventPusher::spawn(queue.clone(), settings.event_batch_size),
+            ),
             rate_limiter: Arc::new(crate::rate_limit::RateLimiter::new(
                 settings.ingest_rate_limit,
                 settings.ingest_burst,
@@ -147,17 +150,22 @@ impl Application {
                 disable_failing_after: settings.disable_failing_after,
                 retention: (!settings.retention.is_zero()).then_some(settings.retention),
                 retention_interval: settings.retention_interval,
+                event_batch_size: settings.event_batch_size,
+                deliver_batch_size: settings.delivery_batch_size,
+                enrichment_concurrency: settings.enrichment_concurrency,
+                poison_attempts: i32::from(settings.poison_attempts),
                 ..WorkerSettings::default()
             }),
             jira: jira.clone(),
             cipher: state.cipher.clone(),
-            subscriber_client: worker::jobs::deliver::subscriber_client(
-                worker::jobs::deliver::ClientSettings {
+            subscriber_client: worker::destination::http::subscriber_client(
+                worker::destination::http::ClientSettings {
                     connect_timeout: settings.delivery_connect_timeout,
                     timeout: settings.delivery_timeout,
                     allow_private_targets: settings.private_targets_allowed(),
                 },
             )?,
+            subscriptions: Arc::default(),
         };
         Ok(Self {
             role,
@@ -446,7 +454,9 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<DatabaseCon
                 .foreign_keys(true)
         });
     } else {
-        options.max_connections(32).min_connections(2);
+        options
+            .max_connections(settings.database_pool_size)
+            .min_connections(2);
     }
     Database::connect(options)
         .await

@@ -46,9 +46,14 @@ pub struct Model {
     pub locked_until: Option<DateTimeUtc>,
     /// The event type, e.g. `jira:issue_updated`, once parsed.
     pub event_type: Option<String>,
-    /// The parsed and enriched event, once processed.
+    /// The parsed and enriched event, for events processed before `payload` existed.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub data: Option<Json>,
+    /// The envelope delivered to subscribers, once processed, up to and including `"raw":`:
+    /// the raw body and `}}` complete it when it is sent (the raw JSON is stored once, in
+    /// `body`). See `worker::envelope`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub payload: Option<String>,
     /// Why the last processing attempt failed.
     #[sea_orm(column_type = "Text", nullable)]
     pub error: Option<String>,

@@ -66,6 +66,13 @@ struct Inner {
     token_delay: Duration,
     /// How long issue requests wait before they are answered.
     issue_delay: Duration,
+    /// Issues (by key or id) whose requests wait this long instead.
+    slow_issues: HashMap<String, Duration>,
+    /// Issue requests answered, by key or id as requested.
+    issue_requests_by_key: HashMap<String, usize>,
+    /// Answer every issue key `ORB-<n>` (benchmarks: traffic about many issues), not only
+    /// ORB-417.
+    every_issue: bool,
     /// The next refresh requests that rotate and then answer badly.
     faults_after_rotating: (usize, FaultAfterRotating),
     /// The sites and account the next consents list and are made by.
@@ -90,6 +97,9 @@ impl Default for Inner {
             token_endpoint_down: false,
             token_delay: Duration::ZERO,
             issue_delay: Duration::ZERO,
+            slow_issues: HashMap::new(),
+            issue_requests_by_key: HashMap::new(),
+            every_issue: false,
             faults_after_rotating: (0, FaultAfterRotating::ServerError),
             consent_sites: fixtures::json("accessible_resources_response.json")
                 .as_array()
@@ -343,6 +353,25 @@ impl FakeAtlassian {
     /// Issue requests wait `delay` before they are answered (a slow Jira).
     pub fn set_issue_delay(&self, delay: Duration) {
         self.inner().issue_delay = delay;
+    }
+
+    /// Requests for issue `key` (key or id as requested) wait `delay` before they are answered.
+    pub fn set_issue_delay_for(&self, key: &str, delay: Duration) {
+        self.inner().slow_issues.insert(key.to_owned(), delay);
+    }
+
+    /// Answer every issue `ORB-<n>` with the fixture issue under that key (benchmarks).
+    pub fn serve_every_issue(&self) {
+        self.inner().every_issue = true;
+    }
+
+    /// How many requests for issue `key` (key or id as requested) were made.
+    pub fn issue_requests_for(&self, key: &str) -> usize {
+        self.inner()
+            .issue_requests_by_key
+            .get(key)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// How many refresh-token grants succeeded.
@@ -618,7 +647,15 @@ async fn issue(
     state: Data<&Arc<FakeState>>,
 ) -> Response {
     state.issue_requests.fetch_add(1, Ordering::SeqCst);
-    let delay = state.inner.lock().expect("fake state").issue_delay;
+    let delay = {
+        let mut inner = state.inner.lock().expect("fake state");
+        *inner.issue_requests_by_key.entry(key.clone()).or_default() += 1;
+        inner
+            .slow_issues
+            .get(&key)
+            .copied()
+            .unwrap_or(inner.issue_delay)
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -652,6 +689,17 @@ async fn issue(
             StatusCode::OK,
             fixtures::json("rest_get_issue_v3_response.json"),
         )
+    } else if inner.every_issue
+        && key
+            .strip_prefix("ORB-")
+            .is_some_and(|n| n.parse::<u64>().is_ok())
+    {
+        let text = String::from_utf8_lossy(&fixtures::bytes("rest_get_issue_v3_response.json"))
+            .replace("ORB-417", &key);
+        Response::builder()
+            .status(StatusCode::OK)
+            .content_type("application/json")
+            .body(text)
     } else {
         json_response(
             StatusCode::NOT_FOUND,

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use entity::plugin_connection;
-use plugins::jira::event as jira_event;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -59,7 +58,7 @@ impl Enrichment {
 const ENRICHMENT_FIELDS: &str = "summary,status,assignee,reporter,priority,issuetype,project,\
 labels,components,fixVersions,parent,created,updated,duedate,resolution,description";
 
-/// Fetches the event's issue through the Jira REST API when the connection can, within the
+/// Fetches `issue` (the event's issue id or key, if it names one) through the Jira REST API when the connection can, within the
 /// enrichment budget: a 429 waits for its `Retry-After`, 5xx and transport errors are retried
 /// with exponential backoff (backon), both only while the budget lasts. A deleted issue (404),
 /// a connection without OAuth or needing re-authorisation is `skipped`; past the budget,
@@ -72,10 +71,10 @@ labels,components,fixVersions,parent,created,updated,duedate,resolution,descript
 pub async fn enrich(
     ctx: &JobContext,
     connection: &plugin_connection::Model,
-    event: &jira_event::JiraEvent,
+    issue: Option<&str>,
 ) -> Enrichment {
     let budget = ctx.settings.enrichment_budget;
-    match tokio::time::timeout(budget, enrich_within(ctx, connection, event, budget)).await {
+    match tokio::time::timeout(budget, enrich_within(ctx, connection, issue, budget)).await {
         Ok(enrichment) => enrichment,
         Err(_) => {
             tracing::debug!(connection.id = %connection.id, ?budget, "enrichment budget ran out");
@@ -90,13 +89,13 @@ pub async fn enrich(
 async fn enrich_within(
     ctx: &JobContext,
     connection: &plugin_connection::Model,
-    event: &jira_event::JiraEvent,
+    issue: Option<&str>,
     budget: Duration,
 ) -> Enrichment {
     use plugins::jira::rest::JiraError;
     use plugins::jira::token_manager::TokenError;
 
-    let Some(issue) = event.issue_id_or_key() else {
+    let Some(issue) = issue else {
         return Enrichment::skipped("the event carries no issue");
     };
     if connection.status == plugin_connection::status::REAUTH_REQUIRED {

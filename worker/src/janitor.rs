@@ -7,7 +7,7 @@
 //! delivery, so those copies serve nothing; left alone they grow Redis by a few hundred bytes
 //! per job, without bound. The sweeper calls [`clean_once`] on every round.
 
-use crate::jobs::{Deliver, DeliverRetry, ProcessEvent};
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvents};
 use crate::queue::Job;
 use crate::runner::JobContext;
 
@@ -20,10 +20,10 @@ const MAX_BATCHES_PER_ROUND: usize = 20;
 /// Promotes due jobs and removes the finished jobs of every queue. Returns how many finished
 /// jobs were removed.
 pub async fn clean_once(ctx: &JobContext) -> anyhow::Result<u64> {
-    promote_queue::<ProcessEvent>(ctx).await?;
+    promote_queue::<ProcessEvents>(ctx).await?;
     promote_queue::<Deliver>(ctx).await?;
     promote_queue::<DeliverRetry>(ctx).await?;
-    let mut removed = clean_queue::<ProcessEvent>(ctx).await?;
+    let mut removed = clean_queue::<ProcessEvents>(ctx).await?;
     removed += clean_queue::<Deliver>(ctx).await?;
     removed += clean_queue::<DeliverRetry>(ctx).await?;
     if removed > 0 {

@@ -4,20 +4,30 @@
 //! carries ids only, claims its row with a conditional UPDATE before doing anything, and so is
 //! safe to run twice; the [`sweeper`] finds rows whose job was lost and enqueues them again.
 
+pub mod db_retry;
+pub mod destination;
+pub mod enqueue;
 pub mod enrichment;
+pub mod envelope;
 pub mod janitor;
 pub mod jobs;
 pub mod matching;
 pub mod periodic;
 pub mod queue;
 pub mod retention;
+pub mod retry_schedule;
 pub mod runner;
 pub mod sampler;
 pub mod signature;
+pub mod sql;
 pub mod storable;
+pub mod subscription_cache;
+pub mod subscription_health;
 pub mod sweeper;
 pub mod target;
 pub mod token_keeper;
+pub mod wake;
+pub mod waves;
 
 use std::time::Duration;
 
@@ -61,6 +71,15 @@ pub struct WorkerSettings {
     pub retention: Option<Duration>,
     /// How often retention pruning runs, across all workers together.
     pub retention_interval: Duration,
+    /// Most events in one `ProcessEvents` job (the ingest's and the sweeper's pushes).
+    pub event_batch_size: usize,
+    /// Most deliveries in one `Deliver` job.
+    pub deliver_batch_size: usize,
+    /// Jira issue reads in flight at once per `ProcessEvents` job.
+    pub enrichment_concurrency: usize,
+    /// An event claimed more often than this (its processing failed or killed its worker each
+    /// time) ends `failed` with its last error.
+    pub poison_attempts: i32,
 }
 
 impl Default for WorkerSettings {
@@ -83,6 +102,10 @@ impl Default for WorkerSettings {
             disable_failing_after: Duration::from_secs(5 * 86_400),
             retention: Some(Duration::from_secs(30 * 86_400)),
             retention_interval: Duration::from_secs(3600),
+            event_batch_size: 128,
+            deliver_batch_size: 64,
+            enrichment_concurrency: 32,
+            poison_attempts: 5,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The job queues: Redis (apalis-redis) in production, the SQLite database itself
 //! (apalis-sqlite) in the embedded mode. The jobs and their handlers are the same code for both.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,6 +11,8 @@ use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::SqliteStorage;
 use sea_orm::sqlx::SqlitePool;
 use serde::{Serialize, de::DeserializeOwned};
+
+use crate::wake::{WakeStream, Wakers};
 
 /// Removes up to `ARGV[1]` members of the `done` (KEYS[1]) and `dead` (KEYS[2]) sets of an
 /// apalis-redis queue together with their payload (field of the `data` hash, KEYS[3]) and their
@@ -66,8 +69,12 @@ pub enum JobQueue {
     Redis {
         /// The shared, auto-reconnecting connection.
         conn: ConnectionManager,
+        /// Opens the subscription that carries wake-ups between processes.
+        client: redis::Client,
         /// Namespace of this deployment's queues (tests use one per test).
         prefix: String,
+        /// Wakes this process' idle workers when a job is pushed.
+        wakers: Arc<Wakers>,
     },
     /// apalis-sqlite, in the same SQLite database as the data.
     Sqlite {
@@ -75,6 +82,8 @@ pub enum JobQueue {
         pool: SqlitePool,
         /// Namespace of this deployment's queues.
         prefix: String,
+        /// Wakes this process' idle workers when a job is pushed.
+        wakers: Arc<Wakers>,
     },
 }
 
@@ -94,9 +103,12 @@ impl JobQueue {
             .await
             .context("timed out connecting to Redis")?
             .context("could not connect to Redis")?;
+        let client = redis::Client::open(url).context("REDIS_URL is not a Redis URL")?;
         Ok(Self::Redis {
             conn,
+            client,
             prefix: prefix.to_owned(),
+            wakers: Arc::default(),
         })
     }
 
@@ -110,6 +122,7 @@ impl JobQueue {
         Ok(Self::Sqlite {
             pool,
             prefix: prefix.to_owned(),
+            wakers: Arc::default(),
         })
     }
 
@@ -129,9 +142,39 @@ impl JobQueue {
         RedisStorage::new(conn.clone()).with_config(config)
     }
 
-    /// Pushes `job` to run now.
+    /// Pushes `job` to run now, and wakes the queue's idle workers.
     pub async fn push<J: Job>(&self, job: J) -> anyhow::Result<()> {
-        self.push_task(TaskBuilder::new(job)).await
+        self.push_task(TaskBuilder::new(job)).await?;
+        self.wake::<J>().await;
+        Ok(())
+    }
+
+    /// Pushes `jobs` to run now in one round trip, and wakes the queue's idle workers.
+    pub async fn push_all<J: Job>(&self, jobs: Vec<J>) -> anyhow::Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let queue = self.queue_name::<J>();
+        match self {
+            Self::Redis { conn, .. } => {
+                let config = apalis_redis::Config::default().queue(&queue);
+                let mut storage = Self::redis_storage::<J>(conn, config);
+                storage
+                    .push_bulk(jobs)
+                    .await
+                    .with_context(|| format!("could not push jobs to Redis queue {queue}"))?;
+            }
+            Self::Sqlite { pool, .. } => {
+                let config = apalis_sqlite::Config::default().queue(&queue);
+                let mut storage = SqliteStorage::<J>::new(pool).with_config(config);
+                storage
+                    .push_bulk(jobs)
+                    .await
+                    .with_context(|| format!("could not push jobs to SQLite queue {queue}"))?;
+            }
+        }
+        self.wake::<J>().await;
+        Ok(())
     }
 
     /// Pushes `job` to run after `delay` (whole seconds: apalis schedules with second precision).
@@ -161,21 +204,66 @@ impl JobQueue {
         }
     }
 
+    /// Wakes the idle workers of `J`'s queue: this process' directly, other processes' through
+    /// Redis pub/sub ([`crate::wake::listen`]). Best effort: a lost wake-up costs one poll.
+    async fn wake<J: Job>(&self) {
+        let queue = self.queue_name::<J>();
+        self.wakers().signal(&queue);
+        if let Self::Redis { conn, .. } = self {
+            let mut conn = conn.clone();
+            let published: Result<i64, _> = redis::cmd("PUBLISH")
+                .arg(crate::wake::channel(&queue))
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            if let Err(error) = published {
+                tracing::debug!(error = %error, queue, "could not publish a wake-up");
+            }
+        }
+    }
+
+    /// This process' wake-up signals.
+    pub fn wakers(&self) -> &Arc<Wakers> {
+        match self {
+            Self::Redis { wakers, .. } | Self::Sqlite { wakers, .. } => wakers,
+        }
+    }
+
+    /// The stream `J`'s workers in this process wait on between polls.
+    pub fn wake_stream<J: Job>(&self) -> WakeStream {
+        self.wakers().stream(&self.queue_name::<J>())
+    }
+
     /// How many jobs of `J` wait in the queue: due now, and scheduled for later.
     pub async fn backlog<J: Job>(&self) -> anyhow::Result<Backlog> {
         let queue = self.queue_name::<J>();
         match self {
             Self::Redis { conn, .. } => {
                 let mut conn = conn.clone();
-                let (ready, scheduled): (u64, u64) = redis::pipe()
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                // apalis-redis keeps pushed jobs in the scheduled set until a fetch promotes
+                // them: a due scheduled job is as ready as one in the active list.
+                let (active, due, later): (u64, u64, u64) = redis::pipe()
                     .cmd("LLEN")
                     .arg(format!("{queue}:active"))
-                    .cmd("ZCARD")
+                    .cmd("ZCOUNT")
                     .arg(format!("{queue}:scheduled"))
+                    .arg("-inf")
+                    .arg(now)
+                    .cmd("ZCOUNT")
+                    .arg(format!("{queue}:scheduled"))
+                    .arg(format!("({now}"))
+                    .arg("+inf")
                     .query_async(&mut conn)
                     .await
                     .with_context(|| format!("could not read the length of Redis queue {queue}"))?;
-                Ok(Backlog { ready, scheduled })
+                Ok(Backlog {
+                    ready: active + due,
+                    scheduled: later,
+                })
             }
             Self::Sqlite { pool, .. } => {
                 let (ready, scheduled): (i64, i64) = sea_orm::sqlx::query_as(
@@ -260,6 +348,25 @@ impl JobQueue {
                 Ok(done.rows_affected())
             }
         }
+    }
+
+    /// Records that the queue is alive and says whether it lost its jobs since the last call:
+    /// a marker key in Redis is gone after a restart without persistence or a flush (and before
+    /// the first call of a deployment). The embedded queue is in the database and never loses
+    /// them on its own: always false.
+    pub async fn mark_alive(&self) -> anyhow::Result<bool> {
+        let Self::Redis { conn, prefix, .. } = self else {
+            return Ok(false);
+        };
+        let mut conn = conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{prefix}:alive"))
+            .arg(1)
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .context("could not write the queue's marker key")?;
+        Ok(set.is_some())
     }
 
     /// Checks that the queue answers (for `/readyz`).

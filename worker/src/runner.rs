@@ -8,6 +8,7 @@ use apalis::prelude::{
     BackendExt, Event, EventListenerExt, WorkerBuilder, WorkerBuilderExt, WorkerContext,
     WorkerError,
 };
+use apalis_core::backend::ext::poll_strategy::Strategy;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use futures::FutureExt as _;
@@ -15,8 +16,9 @@ use futures::future::BoxFuture;
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 
-use crate::jobs::{Deliver, DeliverRetry, ProcessEvent, deliver, process_event};
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvents, deliver, process_events};
 use crate::queue::{Job, JobQueue};
+use crate::wake::WakeStream;
 use crate::{WorkerSettings, sampler, sweeper};
 
 /// What every job handler gets: the database, the queue, the settings.
@@ -32,8 +34,10 @@ pub struct JobContext {
     pub jira: plugins::jira::rest::JiraClient,
     /// Decrypts subscription signing secrets.
     pub cipher: entity::cipher::Cipher,
-    /// The HTTP client deliveries are sent with (see [`deliver::subscriber_client`]).
+    /// The HTTP client deliveries are sent with (see [`crate::destination::http::subscriber_client`]).
     pub subscriber_client: reqwest::Client,
+    /// Subscriptions per company, shared by the batches of this process.
+    pub subscriptions: Arc<crate::subscription_cache::SubscriptionCache>,
 }
 
 /// Spawns, on `$tasks`, the supervised worker of one job type for whichever backend the queue
@@ -63,7 +67,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = RedisStorage::<$job>::new(conn.clone())
                         .with_config(config)
-                        .poll_with_interval(poll_interval);
+                        .poll_with_strategy(wake_or_poll(
+                            &ctx.queue.wake_stream::<$job>(),
+                            poll_interval,
+                        ));
                     let worker = WorkerBuilder::new(name)
                         .backend(backend)
                         .data(ctx.clone())
@@ -80,7 +87,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = SqliteStorage::<$job>::new(pool)
                         .with_config(config)
-                        .poll_with_interval(poll_interval);
+                        .poll_with_strategy(wake_or_poll(
+                            &ctx.queue.wake_stream::<$job>(),
+                            poll_interval,
+                        ));
                     let worker = WorkerBuilder::new(name)
                         .backend(backend)
                         .data(ctx.clone())
@@ -93,6 +103,12 @@ macro_rules! spawn_worker {
         };
         $tasks.spawn(supervise(<$job as Job>::QUEUE, $stop.clone(), run_once));
     }};
+}
+
+/// An idle worker fetches again when a push wakes it, and at `poll_interval` regardless (the
+/// fallback for a lost wake-up: Redis pub/sub delivers at most once).
+fn wake_or_poll(wake: &WakeStream, poll_interval: Duration) -> Strategy {
+    Strategy::new().stream(wake.clone()).interval(poll_interval)
 }
 
 /// Worker heartbeat; with [`MISSED_HEARTBEATS`] it bounds how long a crashed worker's jobs stay
@@ -125,7 +141,11 @@ pub async fn run_workers(
     let _retention = tokio::spawn(crate::retention::run(ctx.clone(), stop_rx.clone()));
 
     let mut workers = tokio::task::JoinSet::new();
-    spawn_worker!(workers, ctx, stop_rx, ProcessEvent, process_event::handle);
+    if let JobQueue::Redis { client, .. } = &ctx.queue {
+        let wakers = ctx.queue.wakers().clone();
+        workers.spawn(crate::wake::listen(client.clone(), wakers, stop_rx.clone()));
+    }
+    spawn_worker!(workers, ctx, stop_rx, ProcessEvents, process_events::handle);
     spawn_worker!(workers, ctx, stop_rx, Deliver, deliver::handle);
     spawn_worker!(workers, ctx, stop_rx, DeliverRetry, deliver::handle_retry);
 

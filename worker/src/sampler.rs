@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Expr, Func};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 use tokio::sync::watch;
 
-use crate::jobs::{Deliver, DeliverRetry, ProcessEvent};
+use crate::jobs::{Deliver, DeliverRetry, ProcessEvents};
 use crate::queue::Job;
 use crate::runner::JobContext;
 
@@ -97,7 +97,7 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
         .unwrap_or(0);
     metrics::gauge!("hookline_deliveries_dead").set(dead as f64);
 
-    record_queue::<ProcessEvent>(ctx).await?;
+    record_queue::<ProcessEvents>(ctx).await?;
     record_queue::<Deliver>(ctx).await?;
     record_queue::<DeliverRetry>(ctx).await?;
 

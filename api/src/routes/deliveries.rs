@@ -389,7 +389,13 @@ async fn reschedule(state: &AppState, which: sea_orm::sea_query::SimpleExpr) -> 
 
 /// Best effort: the sweeper sends the delivery if the push fails.
 async fn push(state: &AppState, delivery_id: Uuid) {
-    if let Err(error) = state.queue.push(Deliver { delivery_id }).await {
+    if let Err(error) = state
+        .queue
+        .push(Deliver {
+            delivery_ids: vec![delivery_id],
+        })
+        .await
+    {
         tracing::warn!(delivery.id = %delivery_id, error = format!("{error:#}"), "could not push a retry");
     }
 }

@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
-use worker::jobs::ProcessEvent;
+use worker::jobs::ProcessEvents;
 
 use crate::auth::CompanyAuth;
 use crate::error::{ApiError, ApiResult};
@@ -322,7 +322,7 @@ pub(crate) async fn event_detail(
 /// The parsed and enriched event as subscribers receive it in `data`, once processed. The one
 /// place that knows how a processed event is stored.
 fn processed_data(model: &webhook_event::Model) -> Option<serde_json::Value> {
-    model.data.clone()
+    worker::envelope::data_of(model)
 }
 
 /// The issue key (`ORB-417`) of a raw Jira payload, if it is about an issue.
@@ -362,13 +362,20 @@ pub(crate) async fn replay_event(
         locked_until: Set(Some(now + state.ingest_grace)),
         event_type: Set(None),
         data: Set(None),
+        payload: Set(None),
         error: Set(None),
         processed_at: Set(None),
         replay_of: Set(Some(original.id)),
     })
     .exec_without_returning(&state.db)
     .await?;
-    if let Err(error) = state.queue.push(ProcessEvent { event_id }).await {
+    if let Err(error) = state
+        .queue
+        .push(ProcessEvents {
+            event_ids: vec![event_id],
+        })
+        .await
+    {
         tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "replay recorded but not enqueued; the sweeper will pick it up");
     }
     tracing::info!(event.id = %event_id, replay_of = %original.id, "event replayed");

@@ -18,7 +18,6 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use secrecy::ExposeSecret as _;
 use uuid::Uuid;
-use worker::jobs::ProcessEvent;
 
 use crate::connection_cache::LookupError;
 use crate::error::{ApiError, ApiResult};
@@ -46,9 +45,6 @@ pub struct IngestOut {
 /// How many seconds a webhook refused because the process holds its budget of body bytes is
 /// asked to wait: bodies are held for milliseconds, so the budget frees up quickly.
 const BUSY_RETRY_AFTER_SECS: u64 = 1;
-
-/// How long ingest waits for the queue before answering anyway (the sweeper covers the push).
-const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Headers never stored with an event: credentials.
 const CREDENTIAL_HEADERS: &[&str] = &[
@@ -214,6 +210,7 @@ pub(crate) async fn ingest(
         locked_until: Some(received_at + state.ingest_grace),
         event_type: None,
         data: None,
+        payload: None,
         error: None,
         processed_at: None,
         replay_of: None,
@@ -237,18 +234,7 @@ pub(crate) async fn ingest(
         }
     };
 
-    // Best effort: if the push fails, the sweeper enqueues the event after its grace.
-    let push = tokio::time::timeout(PUSH_TIMEOUT, state.queue.push(ProcessEvent { event_id }));
-    let pushed = match push.await {
-        Ok(result) => result,
-        Err(_) => Err(anyhow::anyhow!(
-            "the queue did not answer within {PUSH_TIMEOUT:?}"
-        )),
-    };
-    if let Err(error) = pushed {
-        metrics::counter!("hookline_enqueue_failures_total", "job" => "process_event").increment(1);
-        tracing::warn!(event.id = %event_id, error = format!("{error:#}"), "event recorded but not enqueued; the sweeper will pick it up");
-    }
+    // The event writer enqueues the commit's events as one job, after the commit.
     tracing::debug!(event.id = %event_id, connection.id = %connection.id, "event recorded");
     Ok(IngestOut {
         event_id,

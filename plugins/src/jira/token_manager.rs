@@ -175,6 +175,24 @@ struct Inner {
     flights: KeyedLock<Uuid>,
     /// Rotated pairs not saved yet, by grant.
     kept: Mutex<HashMap<Uuid, KeptPair>>,
+    /// Valid access tokens read recently, by connection: while one is good, a Jira call does
+    /// not read the database (a batch of events makes many calls per connection).
+    recent: Mutex<HashMap<Uuid, RecentToken>>,
+}
+
+/// How long a token read from the database is handed out without reading it again: a grant
+/// revoked or a connection marked for re-authorisation elsewhere is noticed within this time
+/// (sooner when Jira refuses the token, which drops it).
+const RECENT_TTL: Duration = Duration::from_secs(5);
+
+/// Most connections whose token is kept in memory; past it the memory starts over.
+const RECENT_CAPACITY: usize = 10_000;
+
+/// An access token as read from its grant, and when.
+struct RecentToken {
+    token: AccessToken,
+    expires_at: DateTime<Utc>,
+    read_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -215,6 +233,7 @@ impl TokenManager {
                     .with_jitter(),
                 flights: KeyedLock::new(),
                 kept: Mutex::new(HashMap::new()),
+                recent: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -227,11 +246,55 @@ impl TokenManager {
     /// A valid access token of `connection_id` (its grant's), refreshed first if it expires
     /// within the margin.
     pub async fn access_token(&self, connection_id: Uuid) -> Result<AccessToken, TokenError> {
+        if let Some(token) = self.recent_token(connection_id) {
+            return Ok(token);
+        }
         let grant = self.grant_of(connection_id).await?;
         if self.satisfied(&grant, Need::Expiring) {
-            return self.token_of(&grant);
+            let token = self.token_of(&grant)?;
+            self.remember(connection_id, &token, grant.expires_at);
+            return Ok(token);
         }
         self.refresh(grant.id, Need::Expiring).await
+    }
+
+    /// A token of `connection_id` read less than [`RECENT_TTL`] ago that is still valid for
+    /// more than the margin.
+    fn recent_token(&self, connection_id: Uuid) -> Option<AccessToken> {
+        let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = recent.get(&connection_id)?;
+        let margin = chrono::Duration::from_std(self.inner.policy.margin)
+            .unwrap_or(chrono::Duration::zero());
+        (entry.read_at.elapsed() < RECENT_TTL && entry.expires_at - Utc::now() > margin)
+            .then(|| entry.token.clone())
+    }
+
+    fn remember(&self, connection_id: Uuid, token: &AccessToken, expires_at: DateTime<Utc>) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= RECENT_CAPACITY {
+            recent.clear();
+        }
+        recent.insert(
+            connection_id,
+            RecentToken {
+                token: token.clone(),
+                expires_at,
+                read_at: std::time::Instant::now(),
+            },
+        );
+    }
+
+    /// Drops every token kept in memory, so the next call of each connection reads its grant:
+    /// for a change made to the grants behind the manager's back (an operator's repair, a test
+    /// moving expiry into the past).
+    pub fn forget_recent_tokens(&self) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.clear();
+    }
+
+    fn forget(&self, connection_id: Uuid) {
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.remove(&connection_id);
     }
 
     /// A new access token after Jira refused `stale` (a 401 with a token believed valid). If
@@ -241,6 +304,7 @@ impl TokenManager {
         connection_id: Uuid,
         stale: &AccessToken,
     ) -> Result<AccessToken, TokenError> {
+        self.forget(connection_id);
         let grant = self.grant_of(connection_id).await?;
         if grant.id != stale.grant_id {
             // The site was connected again through another consent since.

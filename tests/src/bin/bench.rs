@@ -241,6 +241,7 @@ async fn run_e2e(
         let waited = wait_for_deliveries(stack, accepted, options.grace, options.settle).await;
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
+        fanout_line(report, &stack.fanout.take(), accepted);
         let counters_after = report::database_counters(&stack.db).await?;
 
         report.line(format!(
@@ -310,7 +311,9 @@ async fn run_drain(
 
         // Let the API's last commits and pushes settle before the clock starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let promoted = stack.promote_scheduled_jobs("process_event").await?;
+        // `process_event` is the queue of hookline before batching (a baseline binary).
+        let promoted = stack.promote_scheduled_jobs("process_events").await?
+            + stack.promote_scheduled_jobs("process_event").await?;
         report.line(format!(
             "moved {promoted} jobs from apalis-redis' scheduled set to the active list (a \
              backlog over ~8,000 jobs otherwise makes every fetch fail: see BENCHMARKS.md)"
@@ -332,6 +335,7 @@ async fn run_drain(
         let drained = worker_started.elapsed();
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
+        fanout_line(report, &stack.fanout.take(), accepted);
         let counters_after = report::database_counters(&stack.db).await?;
 
         let throughput = received.per_event.len() as f64 / drained.as_secs_f64();
@@ -362,8 +366,8 @@ async fn run_drain(
 /// The requests to post: the stack's connection, the fixture, and identifiers unique to `run_id`.
 fn target(stack: &Stack, fixture: &Arc<Vec<u8>>, run_id: String) -> Target {
     Target {
-        url: stack.webhook_url.clone(),
-        secret: stack.webhook_secret.clone(),
+        connections: stack.connections.clone(),
+        issues: stack.options.issues,
         fixture: fixture.clone(),
         run_id: format!("bench-{run_id}"),
     }
@@ -391,12 +395,32 @@ async fn wait_for_deliveries(
     settle: Duration,
 ) -> Duration {
     let started = Instant::now();
-    while stack.subscriber.distinct_events() < expected && started.elapsed() < timeout {
+    while (stack.subscriber.distinct_events() < expected
+        || stack.fanout.distinct_events() < expected)
+        && started.elapsed() < timeout
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let waited = started.elapsed();
     tokio::time::sleep(settle).await;
     waited
+}
+
+/// The fan-out subscriber (a second matching subscription per company): every event once.
+fn fanout_line(report: &mut Report, fanout: &subscriber::Received, accepted: usize) {
+    let duplicated = fanout
+        .per_event
+        .values()
+        .filter(|&&count| count > 1)
+        .count();
+    report.line(format!(
+        "fan-out subscription (project ORB, one per company): {} of {accepted} events delivered, \
+         {duplicated} duplicated, {} bad signatures",
+        fanout.per_event.len(),
+        fanout.bad_signatures
+    ));
+    report.figure("fanout_delivered", fanout.per_event.len());
+    report.figure("fanout_duplicated", duplicated);
 }
 
 /// Ingest answers: accepted, errors by kind, and the answer latency.

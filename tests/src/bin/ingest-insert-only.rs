@@ -61,6 +61,7 @@ async fn insert_only(
         locked_until: Set(Some(now)),
         event_type: Set(None),
         data: Set(None),
+        payload: Set(None),
         error: Set(None),
         processed_at: Set(None),
         replay_of: Set(None),

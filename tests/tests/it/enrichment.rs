@@ -7,7 +7,7 @@ use sea_orm::EntityTrait;
 use tests::fake_atlassian::{self, FakeAtlassian};
 use tests::{Backend, TestApp, fixtures};
 use uuid::Uuid;
-use worker::jobs::process_event;
+use worker::jobs::process_events;
 
 use crate::helpers::*;
 use crate::oauth::{connect_sites, start_with_fake};
@@ -54,12 +54,12 @@ async fn enrichment_of(app: &TestApp, url: &str, secret: &str, body: &[u8]) -> s
         .await
         .expect("json");
     let event_id: Uuid = out["eventId"].as_str().expect("id").parse().expect("uuid");
-    let outcome = process_event::run(&app.job_context, event_id)
+    let outcome = process_events::run_one(&app.job_context, event_id)
         .await
         .expect("run");
-    assert_eq!(outcome, process_event::Outcome::Processed);
+    assert_eq!(outcome, process_events::Outcome::Processed);
     let stored = event(app, event_id).await;
-    stored.data.expect("data")["enrichment"].clone()
+    worker::envelope::data_of(&stored).expect("data")["enrichment"].clone()
 }
 
 async fn an_issue_event_is_enriched_with_the_fresh_issue(backend: Backend) {
@@ -151,8 +151,8 @@ async fn a_jira_that_keeps_failing_gives_up_within_the_budget(backend: Backend) 
     let event_id: Uuid = out["eventId"].as_str().expect("id").parse().expect("uuid");
     let started = std::time::Instant::now();
     assert_eq!(
-        process_event::run(&ctx, event_id).await.expect("run"),
-        process_event::Outcome::Processed
+        process_events::run_one(&ctx, event_id).await.expect("run"),
+        process_events::Outcome::Processed
     );
     // Bounded: the budget plus one request, generously.
     assert!(
@@ -160,7 +160,9 @@ async fn a_jira_that_keeps_failing_gives_up_within_the_budget(backend: Backend) 
         "{:?}",
         started.elapsed()
     );
-    let enrichment = event(&app, event_id).await.data.expect("data")["enrichment"].clone();
+    let enrichment =
+        worker::envelope::data_of(&event(&app, event_id).await).expect("data")["enrichment"]
+            .clone();
     assert_eq!(enrichment["status"], "failed");
     assert!(
         enrichment["error"].as_str().expect("error").contains("500"),

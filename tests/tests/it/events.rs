@@ -62,7 +62,7 @@ async fn a_processed_event_carries_the_parsed_event_enrichment_and_raw_payload(b
     let stored = wait_processed(&app, event_id).await;
     assert_eq!(stored.status, "processed");
     assert_eq!(stored.event_type.as_deref(), Some("jira:issue_updated"));
-    let data = stored.data.expect("data");
+    let data = worker::envelope::data_of(&stored).expect("data");
     assert_eq!(data["eventId"], event_id.to_string());
     assert_eq!(data["pluginId"], "jira");
     assert_eq!(data["eventType"], "jira:issue_updated");
@@ -137,10 +137,10 @@ async fn matching_subscriptions_get_one_delivery_each(backend: Backend) {
     .await;
 
     let event_id = post(&app, &site, "webhook_issue_created.json").await;
-    let outcome = worker::jobs::process_event::run(&app.job_context, event_id)
+    let outcome = worker::jobs::process_events::run_one(&app.job_context, event_id)
         .await
         .expect("run");
-    assert_eq!(outcome, worker::jobs::process_event::Outcome::Processed);
+    assert_eq!(outcome, worker::jobs::process_events::Outcome::Processed);
     let mut subscribed: Vec<Uuid> = deliveries_of(&app, event_id)
         .await
         .iter()
@@ -158,7 +158,7 @@ async fn matching_subscriptions_get_one_delivery_each(backend: Backend) {
 
     // A worklog (no project) reaches only the unfiltered subscriptions that want it.
     let worklog = post(&app, &site, "webhook_worklog_created.json").await;
-    worker::jobs::process_event::run(&app.job_context, worklog)
+    worker::jobs::process_events::run_one(&app.job_context, worklog)
         .await
         .expect("run");
     let subscribed: Vec<Uuid> = deliveries_of(&app, worklog)
@@ -187,12 +187,12 @@ async fn two_workers_racing_on_one_event_create_one_set_of_deliveries(backend: B
         ..app.job_context.clone()
     };
     let (a, b) = tokio::join!(
-        worker::jobs::process_event::run(&app.job_context, event_id),
-        worker::jobs::process_event::run(&second, event_id),
+        worker::jobs::process_events::run_one(&app.job_context, event_id),
+        worker::jobs::process_events::run_one(&second, event_id),
     );
     let processed = [a.expect("run"), b.expect("run")]
         .iter()
-        .filter(|outcome| **outcome == worker::jobs::process_event::Outcome::Processed)
+        .filter(|outcome| **outcome == worker::jobs::process_events::Outcome::Processed)
         .count();
     assert_eq!(processed, 1);
     assert_eq!(
@@ -201,7 +201,7 @@ async fn two_workers_racing_on_one_event_create_one_set_of_deliveries(backend: B
         "one delivery per subscription"
     );
     // A late third run changes nothing.
-    worker::jobs::process_event::run(&second, event_id)
+    worker::jobs::process_events::run_one(&second, event_id)
         .await
         .expect("run");
     assert_eq!(deliveries_of(&app, event_id).await.len(), 2);
@@ -220,7 +220,7 @@ async fn a_company_never_receives_another_companys_events(backend: Backend) {
     let b_subscription =
         insert_subscription(&app, &b.company_id, &["*"], Some(a.connection_id), None).await;
     let event_id = post(&app, &a, "webhook_comment_created.json").await;
-    worker::jobs::process_event::run(&app.job_context, event_id)
+    worker::jobs::process_events::run_one(&app.job_context, event_id)
         .await
         .expect("run");
     let subscribed: Vec<Uuid> = deliveries_of(&app, event_id)
@@ -263,7 +263,7 @@ async fn events_are_listed_filtered_paginated_and_fetched_with_deliveries(backen
         "webhook_worklog_created.json",
     ] {
         let id = post(&app, &a, fixture).await;
-        worker::jobs::process_event::run(&app.job_context, id)
+        worker::jobs::process_events::run_one(&app.job_context, id)
             .await
             .expect("run");
         ids.push(id);

@@ -590,7 +590,7 @@ async fn a_slow_jira_is_cut_at_the_enrichment_budget(backend: Backend) {
     assert_eq!(response.status(), 200);
     let event_id = id_of_event(response).await;
     let stored = wait_processed(&app, event_id).await;
-    let enrichment = &stored.data.expect("data")["enrichment"];
+    let enrichment = &worker::envelope::data_of(&stored).expect("data")["enrichment"];
     assert_eq!(enrichment["status"], "failed", "{enrichment}");
     assert!(
         enrichment["error"]
@@ -629,7 +629,10 @@ async fn a_token_refresh_outlasting_the_budget_is_finished_and_saved(backend: Ba
     .await;
     let first = wait_processed(&app, id_of_event(first).await).await;
     if backend == Backend::PostgresRedis {
-        assert_eq!(first.data.expect("data")["enrichment"]["status"], "failed");
+        assert_eq!(
+            worker::envelope::data_of(&first).expect("data")["enrichment"]["status"],
+            "failed"
+        );
     }
     // On SQLite the refresh holds the database's write lock while it waits for the token
     // endpoint, so the first run cannot record its result before its lease ends; the rerun
@@ -652,7 +655,7 @@ async fn a_token_refresh_outlasting_the_budget_is_finished_and_saved(backend: Ba
     )
     .await;
     let second = wait_processed(&app, id_of_event(second).await).await;
-    let enrichment = &second.data.expect("data")["enrichment"];
+    let enrichment = &worker::envelope::data_of(&second).expect("data")["enrichment"];
     assert_eq!(enrichment["status"], "ok", "{enrichment}");
     assert_eq!(connection_status(&app, connection).await, "active");
     app.stop().await;

@@ -68,7 +68,7 @@ pub async fn event_count(app: &TestApp, connection_id: Uuid) -> u64 {
 
 /// How many `ProcessEvent` jobs wait in this environment's queue.
 pub async fn queued_process_event_jobs(env: &TestEnv, app: &TestApp) -> u64 {
-    let queue = format!("{}:process_event", env.queue_prefix);
+    let queue = format!("{}:process_events", env.queue_prefix);
     match env.backend {
         Backend::Embedded => {
             let row = app
@@ -102,6 +102,41 @@ pub async fn queued_process_event_jobs(env: &TestEnv, app: &TestApp) -> u64 {
     }
 }
 
+/// The event ids the waiting `ProcessEvents` jobs of this environment carry (a job carries a
+/// batch), in no particular order.
+pub async fn queued_event_ids(env: &TestEnv, app: &TestApp) -> Vec<Uuid> {
+    let queue = format!("{}:process_events", env.queue_prefix);
+    let payloads: Vec<Vec<u8>> = match env.backend {
+        Backend::Embedded => app
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                app.db.get_database_backend(),
+                "SELECT job FROM Jobs WHERE job_type = ? AND status = 'Pending'",
+                [queue.into()],
+            ))
+            .await
+            .expect("read jobs")
+            .iter()
+            .map(|row| row.try_get::<Vec<u8>>("", "job").expect("job"))
+            .collect(),
+        Backend::PostgresRedis => {
+            let mut conn = redis_connection(env).await;
+            redis::cmd("HVALS")
+                .arg(format!("{queue}:data"))
+                .query_async(&mut conn)
+                .await
+                .expect("HVALS")
+        }
+    };
+    let mut ids = Vec::new();
+    for payload in payloads {
+        let job: worker::jobs::ProcessEvents =
+            serde_json::from_slice(&payload).expect("a ProcessEvents job");
+        ids.extend(job.event_ids);
+    }
+    ids
+}
+
 /// How many finished jobs the queue backend still keeps, over every queue of this environment
 /// (the janitor removes them: the database is the record).
 pub async fn finished_jobs_in_queue(env: &TestEnv, app: &TestApp) -> u64 {
@@ -122,7 +157,7 @@ pub async fn finished_jobs_in_queue(env: &TestEnv, app: &TestApp) -> u64 {
         Backend::PostgresRedis => {
             let mut conn = redis_connection(env).await;
             let mut total = 0;
-            for queue in ["process_event", "deliver", "deliver_retry"] {
+            for queue in ["process_events", "deliveries", "delivery_retries"] {
                 let queue = format!("{}:{queue}", env.queue_prefix);
                 let (done, dead, data): (u64, u64, u64) = redis::pipe()
                     .cmd("SCARD")
@@ -300,6 +335,7 @@ pub async fn event_with_delivery(
             "enrichment": { "status": "skipped" },
             "raw": raw,
         }))),
+        payload: Set(None),
         error: Set(None),
         processed_at: Set(Some(now)),
         replay_of: Set(None),
@@ -328,7 +364,9 @@ pub async fn event_with_delivery(
     .expect("insert delivery");
     app.job_context
         .queue
-        .push(worker::jobs::Deliver { delivery_id })
+        .push(worker::jobs::Deliver {
+            delivery_ids: vec![delivery_id],
+        })
         .await
         .expect("push Deliver");
     (event_id, delivery_id)
@@ -359,15 +397,15 @@ pub fn id_of(value: &serde_json::Value) -> Uuid {
     value["id"].as_str().expect("id").parse().expect("uuid")
 }
 
-/// Records an event with `body` directly (as a replay or an older version's ingest would have,
-/// bypassing ingest's checks) and pushes its `ProcessEvent`. Returns its id.
-pub async fn insert_received_event(
+/// Records an event with `body` and `delivery_key` directly, without pushing a job for it
+/// (tests push their own batches). Returns its id.
+pub async fn record_event(
     app: &TestApp,
-    connection: &serde_json::Value,
+    connection_id: Uuid,
     body: &[u8],
+    delivery_key: &str,
 ) -> Uuid {
     use sea_orm::ActiveValue::Set;
-    let connection_id = connection_id(connection);
     let company_id = entity::plugin_connection::Entity::find_by_id(connection_id)
         .one(&app.db)
         .await
@@ -381,7 +419,7 @@ pub async fn insert_received_event(
         connection_id: Set(connection_id),
         company_id: Set(company_id),
         plugin_id: Set("jira".to_owned()),
-        delivery_key: Set(format!("test:{event_id}")),
+        delivery_key: Set(delivery_key.to_owned()),
         received_at: Set(now),
         headers: Set(serde_json::json!({})),
         body: Set(body.to_vec()),
@@ -390,6 +428,7 @@ pub async fn insert_received_event(
         locked_until: Set(Some(now + chrono::Duration::seconds(2))),
         event_type: Set(None),
         data: Set(None),
+        payload: Set(None),
         error: Set(None),
         processed_at: Set(None),
         replay_of: Set(None),
@@ -397,10 +436,29 @@ pub async fn insert_received_event(
     .exec_without_returning(&app.db)
     .await
     .expect("insert event");
+    event_id
+}
+
+/// Records an event with `body` directly (as a replay or an older version's ingest would have,
+/// bypassing ingest's checks) and pushes its `ProcessEvents`. Returns its id.
+pub async fn insert_received_event(
+    app: &TestApp,
+    connection: &serde_json::Value,
+    body: &[u8],
+) -> Uuid {
+    let event_id = record_event(
+        app,
+        connection_id(connection),
+        body,
+        &format!("test:{}", Uuid::now_v7()),
+    )
+    .await;
     app.job_context
         .queue
-        .push(worker::jobs::ProcessEvent { event_id })
+        .push(worker::jobs::ProcessEvents {
+            event_ids: vec![event_id],
+        })
         .await
-        .expect("push ProcessEvent");
+        .expect("push ProcessEvents");
     event_id
 }

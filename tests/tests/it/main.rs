@@ -2,6 +2,7 @@
 
 mod api;
 mod bad_input;
+mod batching;
 mod check;
 mod console;
 mod console_browser;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use api::Role;
 use tests::{Backend, fixtures, wait_until};
 use uuid::Uuid;
-use worker::jobs::process_event::{self, Outcome};
+use worker::jobs::process_events::{self, Outcome};
 
 use crate::helpers::*;
 use crate::on_both_backends;
@@ -66,15 +66,15 @@ async fn the_same_event_run_by_two_workers_at_once_is_processed_once(backend: Ba
     let event_id = post_fixture(&app, "webhook_issue_created.json").await;
     let ctx = app.job_context.clone();
     let (first, second) = tokio::join!(
-        process_event::run(&ctx, event_id),
-        process_event::run(&ctx, event_id)
+        process_events::run_one(&ctx, event_id),
+        process_events::run_one(&ctx, event_id)
     );
     let mut outcomes = [first.expect("run"), second.expect("run")];
     outcomes.sort_by_key(|outcome| outcome.as_str());
     assert_eq!(outcomes, [Outcome::NotClaimed, Outcome::Processed]);
     // A third run, later, does nothing either.
     assert_eq!(
-        process_event::run(&ctx, event_id).await.expect("run"),
+        process_events::run_one(&ctx, event_id).await.expect("run"),
         Outcome::NotClaimed
     );
     let stored = event(&app, event_id).await;
@@ -205,7 +205,7 @@ async fn a_backlog_larger_than_apalis_can_promote_at_once_is_promoted_in_chunks(
         return;
     };
     let ctx = app.job_context.clone();
-    let queue = format!("{}:process_event", env.queue_prefix);
+    let queue = format!("{}:process_events", env.queue_prefix);
     let mut conn = redis_connection(&env).await;
     // 9,000 waiting jobs, written straight into the scheduled set as apalis' push does.
     let mut pipe = redis::pipe();

@@ -1,101 +1,79 @@
-//! `Deliver` and `DeliverRetry`: POST one delivery to its subscriber.
+//! `Deliver` and `DeliverRetry`: send a batch of deliveries to their subscriptions'
+//! destinations (DESIGN §4).
 //!
 //! Both jobs share one handler; they travel on separate queues so that a failing subscriber's
-//! retries run on their own worker capacity and cannot starve first attempts. The job claims the
-//! row with a conditional UPDATE (due `pending`, or `in_flight` under an expired lease) that
-//! increments `attempts`, which then fences the final write. Every attempt is recorded as a
-//! `delivery_attempt`; a failure schedules the next attempt durably (`next_attempt_at`, and a
-//! job pushed with a delay) and the handler returns Ok, so apalis never retries on its own.
+//! retries run on their own worker capacity and cannot starve first attempts.
+//!
+//! 1. **Claim** the batch in one statement: each row that is due `pending`, or `in_flight` under
+//!    an expired lease, becomes `in_flight` and its `attempts` grows by one, which then fences
+//!    the final write.
+//! 2. Read the batch's subscriptions and events (the stored envelope and raw body) in one query
+//!    each. A disabled subscription's deliveries are parked, unattempted.
+//! 3. **Send** every delivery concurrently: the event's envelope is assembled once for all its
+//!    deliveries, signed per delivery, and handed to the subscription's destination.
+//! 4. **Record in waves**: every finished attempt of a wave in one transaction (the delivery's
+//!    new state and its `delivery_attempt`), then one delayed `DeliverRetry` per retry delay.
+//!    A subscriber that takes its whole timeout is recorded in a later wave.
+//!
+//! A failure schedules the next attempt durably (`next_attempt_at`, and a job pushed with a
+//! delay) and the handler returns Ok, so apalis never retries on its own.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use apalis_core::task::data::Data;
-use chrono::{DateTime, SecondsFormat, Utc};
-use entity::delivery::{self, status};
-use entity::{delivery_attempt, subscription, webhook_event};
-use rand::Rng as _;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use chrono::{DateTime, Utc};
+use entity::delivery::status;
+use entity::{subscription, webhook_event};
+use sea_orm::sea_query::Value;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseBackend, DbErr, EntityTrait, FromQueryResult,
+    QueryFilter, QuerySelect, Statement, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::destination::http::HttpDestination;
+use crate::destination::{AttemptResult, Destination, Message};
 use crate::queue::Job;
+use crate::retry_schedule::next_delay;
 use crate::runner::JobContext;
-use crate::signature;
-use crate::storable;
-use crate::target::{self, ForbiddenTarget};
+use crate::waves::{WAVE_WAIT, Waves};
+use crate::{db_retry, envelope, signature, sql, subscription_health};
 
-/// Deliver one `delivery` row to its subscription's URL: a first attempt, or a manual retry.
+/// Deliver a batch of `delivery` rows: first attempts, or manual retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deliver {
-    /// `delivery.id`.
-    pub delivery_id: Uuid,
+    /// `delivery.id`s.
+    pub delivery_ids: Vec<Uuid>,
 }
 
 impl Job for Deliver {
-    const QUEUE: &'static str = "deliver";
+    const QUEUE: &'static str = "deliveries";
 }
 
-/// A scheduled retry of a delivery; same work as [`Deliver`], on its own queue and workers.
+/// Scheduled retries of deliveries; same work as [`Deliver`], on its own queue and workers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliverRetry {
-    /// `delivery.id`.
-    pub delivery_id: Uuid,
+    /// `delivery.id`s.
+    pub delivery_ids: Vec<Uuid>,
 }
 
 impl Job for DeliverRetry {
-    const QUEUE: &'static str = "deliver_retry";
+    const QUEUE: &'static str = "delivery_retries";
 }
 
-/// Longest `Retry-After` honoured; a subscriber asking for more gets this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// Most bytes of a response body kept in `delivery_attempt.response_excerpt`.
-pub const EXCERPT_BYTES: usize = 1024;
-
-/// How the subscriber HTTP client behaves.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientSettings {
-    /// Time allowed to establish the connection.
-    pub connect_timeout: Duration,
-    /// Time allowed for the whole request, response body excerpt included.
-    pub timeout: Duration,
-    /// Let deliveries reach loopback and private addresses.
-    pub allow_private_targets: bool,
-}
-
-/// The HTTP client deliveries are sent with: bounded timeouts, no redirects, no proxy, and the
-/// SSRF guard in its DNS resolver.
-pub fn subscriber_client(settings: ClientSettings) -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(std::sync::Arc::new(target::GuardedResolver {
-            allow_private: settings.allow_private_targets,
-        }))
-        .user_agent(concat!("hookline/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("could not build the subscriber HTTP client")
-}
-
-/// What one run of the job did, for logs and metrics.
+/// What one attempt's delivery became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The subscriber accepted the delivery.
+    /// The destination accepted the delivery.
     Succeeded,
     /// The attempt failed; the next one is scheduled.
     Retrying,
     /// The attempt failed and no further attempt is made.
     Dead,
-    /// The subscription is disabled; the delivery waits, unattempted, until it is enabled.
-    Parked,
-    /// Not due, done, or owned by another run; nothing was done.
-    NotClaimed,
 }
 
 impl Outcome {
@@ -105,10 +83,23 @@ impl Outcome {
             Self::Succeeded => "succeeded",
             Self::Retrying => "retrying",
             Self::Dead => "dead",
-            Self::Parked => "parked",
-            Self::NotClaimed => "not_claimed",
         }
     }
+}
+
+/// What one run of the job did, for logs, metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Delivered.
+    pub succeeded: usize,
+    /// Failed; retry scheduled.
+    pub retrying: usize,
+    /// Failed for the last time.
+    pub dead: usize,
+    /// Subscription disabled: given back unattempted.
+    pub parked: usize,
+    /// Not due, done, or owned by another run; nothing was done.
+    pub not_claimed: usize,
 }
 
 /// The apalis handler of [`Deliver`].
@@ -116,7 +107,7 @@ pub async fn handle(
     job: Deliver,
     ctx: Data<JobContext>,
 ) -> Result<(), apalis_core::error::BoxDynError> {
-    handle_any(&ctx, job.delivery_id, "deliver").await
+    handle_any(&ctx, &job.delivery_ids, "deliver").await
 }
 
 /// The apalis handler of [`DeliverRetry`].
@@ -124,587 +115,633 @@ pub async fn handle_retry(
     job: DeliverRetry,
     ctx: Data<JobContext>,
 ) -> Result<(), apalis_core::error::BoxDynError> {
-    handle_any(&ctx, job.delivery_id, "deliver_retry").await
+    handle_any(&ctx, &job.delivery_ids, "deliver_retry").await
 }
 
-/// Errors are infrastructure failures (database down): the row stays claimed and the sweeper
-/// hands it out again once the lease expires.
+/// Errors are infrastructure failures that outlasted [`db_retry::BUDGET`]: the rows stay
+/// claimed and the sweeper hands them out again once the lease expires.
 async fn handle_any(
     ctx: &JobContext,
-    delivery_id: Uuid,
+    delivery_ids: &[Uuid],
     job: &'static str,
 ) -> Result<(), apalis_core::error::BoxDynError> {
     use tracing::Instrument as _;
     let started = Instant::now();
-    // One span per job; the event and subscription are filled in once the delivery is read.
-    let span = tracing::info_span!(
-        "job",
-        job,
-        delivery.id = %delivery_id,
-        event.id = tracing::field::Empty,
-        subscription.id = tracing::field::Empty
-    );
-    let result = run(ctx, delivery_id).instrument(span.clone()).await;
-    let outcome = match &result {
-        Ok(outcome) => outcome.as_str(),
-        Err(_) => "error",
-    };
+    let span = tracing::info_span!("job", job, deliveries = delivery_ids.len());
+    let result = run(ctx, delivery_ids).instrument(span.clone()).await;
     let _entered = span.enter();
-    metrics::counter!("hookline_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+    let label = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!("hookline_jobs_total", "job" => job, "outcome" => label).increment(1);
     metrics::histogram!("hookline_job_duration_seconds", "job" => job)
         .record(started.elapsed().as_secs_f64());
     match result {
         Ok(_) => Ok(()),
         Err(error) => {
-            tracing::error!(delivery.id = %delivery_id, error = format!("{error:#}"), "delivering failed");
+            tracing::error!(error = format!("{error:#}"), "delivering a batch failed");
             Err(error.into())
         }
     }
 }
 
-/// What an attempt produced.
-#[derive(Debug, Default)]
-struct AttemptResult {
-    status_code: Option<u16>,
-    error: Option<String>,
-    excerpt: Option<String>,
-    retry_after: Option<Duration>,
-    /// No later attempt can succeed (target refused by the SSRF guard).
-    permanent: bool,
+/// A claimed delivery.
+#[derive(Debug, Clone, FromQueryResult)]
+struct Claimed {
+    id: Uuid,
+    event_id: Uuid,
+    subscription_id: Uuid,
+    attempts: i32,
 }
 
-impl AttemptResult {
-    fn succeeded(&self) -> bool {
-        self.error.is_none()
-            && self
-                .status_code
-                .is_some_and(|code| (200..300).contains(&code))
-    }
+/// An attempt made, ready to be recorded.
+#[derive(Debug)]
+struct Attempted {
+    delivery: Claimed,
+    subscription: Arc<subscription::Model>,
+    received_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
+    duration: Duration,
+    result: AttemptResult,
 }
 
-/// Claims and attempts one delivery.
-pub async fn run(ctx: &JobContext, delivery_id: Uuid) -> anyhow::Result<Outcome> {
-    let Some(claimed) = claim(ctx, delivery_id).await? else {
-        tracing::debug!(delivery.id = %delivery_id, "delivery not claimed: not due, done or owned by another run");
-        return Ok(Outcome::NotClaimed);
-    };
-    let span = tracing::Span::current();
-    span.record("event.id", tracing::field::display(claimed.event_id));
-    span.record(
-        "subscription.id",
-        tracing::field::display(claimed.subscription_id),
-    );
-    let subscription = subscription::Entity::find_by_id(claimed.subscription_id)
-        .one(&ctx.db)
+/// Claims a batch, attempts each delivery and records the attempts; see the module docs.
+pub async fn run(ctx: &JobContext, delivery_ids: &[Uuid]) -> anyhow::Result<BatchOutcome> {
+    let mut ids = delivery_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let claimed = db_retry::retry("claim deliveries", || claim(ctx, &ids))
         .await
-        .context("could not load the subscription")?;
-    let event = webhook_event::Entity::find_by_id(claimed.event_id)
-        .one(&ctx.db)
-        .await
-        .context("could not load the event")?;
-    let (Some(subscription), Some(event)) = (subscription, event) else {
-        // Deleting either cascades to the delivery; this run raced with the delete.
-        return Ok(Outcome::NotClaimed);
+        .context("could not claim the deliveries")?;
+    let mut outcome = BatchOutcome {
+        not_claimed: ids.len() - claimed.len(),
+        ..BatchOutcome::default()
     };
-    if !subscription.enabled {
-        return park(ctx, &claimed).await;
+    if claimed.is_empty() {
+        return Ok(outcome);
     }
 
-    let attempt_started_at = Utc::now();
-    let started = Instant::now();
-    let result = attempt(ctx, &claimed, &event, &subscription).await;
-    let duration = started.elapsed();
-    let outcome_label = match (&result.status_code, result.succeeded()) {
-        (_, true) => "success",
-        (Some(_), false) => "http_error",
-        (None, false) if result.permanent => "refused",
-        (None, false) => "network_error",
-    };
-    metrics::counter!("hookline_delivery_attempts_total", "outcome" => outcome_label).increment(1);
-    metrics::histogram!("hookline_delivery_attempt_duration_seconds")
-        .record(duration.as_secs_f64());
+    let subscriptions = read_subscriptions(ctx, &claimed).await?;
+    let events = read_events(ctx, &claimed).await?;
+    let mut parked = Vec::new();
+    let mut waves = Waves::new(WAVE_WAIT);
+    let mut secrets: HashMap<Uuid, Option<Arc<str>>> = HashMap::new();
+    for delivery in claimed {
+        let (Some(subscription), Some(event)) = (
+            subscriptions.get(&delivery.subscription_id),
+            events.get(&delivery.event_id),
+        ) else {
+            // Deleting either cascades to the delivery; this run raced with the delete.
+            outcome.not_claimed += 1;
+            continue;
+        };
+        if !subscription.enabled {
+            parked.push(delivery);
+            continue;
+        }
+        let secret = secrets
+            .entry(subscription.id)
+            .or_insert_with(|| match ctx.cipher.decrypt(&subscription.secret) {
+                Ok(secret) => Some(Arc::from(secret.as_str())),
+                Err(error) => {
+                    tracing::error!(subscription.id = %subscription.id, error = %error, "could not decrypt a signing secret");
+                    None
+                }
+            })
+            .clone();
+        let destination = destination_of(ctx, subscription);
+        let subscription = subscription.clone();
+        let event = event.clone();
+        waves.spawn(async move {
+            let started_at = Utc::now();
+            let started = Instant::now();
+            let result = match (destination, secret) {
+                (Err(refused), _) => refused,
+                (Ok(_), None) => AttemptResult::transient("could not decrypt the signing secret"),
+                (Ok(destination), Some(secret)) => {
+                    send(destination.as_ref(), &secret, &delivery, &event.body).await
+                }
+            };
+            Attempted {
+                delivery,
+                subscription,
+                received_at: event.received_at,
+                started_at,
+                duration: started.elapsed(),
+                result,
+            }
+        });
+    }
+    if !parked.is_empty() {
+        outcome.parked += park(ctx, &parked).await?;
+    }
+    while let Some(wave) = waves.next_wave().await {
+        record_wave(ctx, wave, &mut outcome).await?;
+    }
+    Ok(outcome)
+}
 
+/// Signs the envelope for this delivery and sends it. Never fails: every problem is a result.
+async fn send(
+    destination: &dyn Destination,
+    secret: &str,
+    delivery: &Claimed,
+    body: &[u8],
+) -> AttemptResult {
+    let id = delivery.id.to_string();
+    let timestamp = Utc::now().timestamp();
+    let signature = match signature::sign(secret, &id, timestamp, body) {
+        Ok(signature) => signature,
+        Err(error) => return AttemptResult::transient(format!("{error:#}")),
+    };
+    let message = Message {
+        id: &id,
+        timestamp,
+        signature: &signature,
+        body,
+    };
+    destination.send(message).await
+}
+
+/// The destination a subscription delivers to, or why it cannot be used.
+fn destination_of(
+    ctx: &JobContext,
+    subscription: &subscription::Model,
+) -> Result<Arc<dyn Destination>, AttemptResult> {
+    let http = HttpDestination::new(
+        ctx.subscriber_client.clone(),
+        &subscription.target_url,
+        ctx.settings.allow_private_targets,
+    )?;
+    Ok(Arc::new(http))
+}
+
+/// The envelope of one event, as sent, shared by all its deliveries of the batch.
+#[derive(Debug)]
+struct EventBody {
+    received_at: DateTime<Utc>,
+    body: Vec<u8>,
+}
+
+/// The subscriptions of the claimed deliveries, in one query.
+async fn read_subscriptions(
+    ctx: &JobContext,
+    claimed: &[Claimed],
+) -> anyhow::Result<HashMap<Uuid, Arc<subscription::Model>>> {
+    let mut ids: Vec<Uuid> = claimed.iter().map(|d| d.subscription_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = db_retry::retry("read subscriptions", || {
+        subscription::Entity::find()
+            .filter(subscription::Column::Id.is_in(ids.iter().copied()))
+            .all(&ctx.db)
+    })
+    .await
+    .context("could not load the subscriptions")?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.id, Arc::new(row)))
+        .collect())
+}
+
+/// The envelopes of the claimed deliveries' events, in one query: the stored payload and the
+/// raw body, spliced (no parse).
+async fn read_events(
+    ctx: &JobContext,
+    claimed: &[Claimed],
+) -> anyhow::Result<HashMap<Uuid, Arc<EventBody>>> {
+    let mut ids: Vec<Uuid> = claimed.iter().map(|d| d.event_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let rows = db_retry::retry("read events", || {
+        webhook_event::Entity::find()
+            .select_only()
+            .columns([
+                webhook_event::Column::Id,
+                webhook_event::Column::ReceivedAt,
+                webhook_event::Column::Payload,
+                webhook_event::Column::Body,
+            ])
+            .filter(webhook_event::Column::Id.is_in(ids.iter().copied()))
+            .into_model::<StoredEnvelope>()
+            .all(&ctx.db)
+    })
+    .await
+    .context("could not load the events")?;
+    let mut bodies = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let body = match &row.payload {
+            Some(payload) => envelope::body(payload, &row.body),
+            // Processed before payloads were stored: built from its `data` (one more read).
+            None => legacy_body(ctx, row.id).await?,
+        };
+        bodies.insert(
+            row.id,
+            Arc::new(EventBody {
+                received_at: row.received_at,
+                body,
+            }),
+        );
+    }
+    Ok(bodies)
+}
+
+/// What Deliver reads of an event.
+#[derive(Debug, FromQueryResult)]
+struct StoredEnvelope {
+    id: Uuid,
+    received_at: DateTime<Utc>,
+    payload: Option<String>,
+    body: Vec<u8>,
+}
+
+/// The envelope of an event processed before `payload` existed.
+async fn legacy_body(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Vec<u8>> {
+    let event = webhook_event::Entity::find_by_id(event_id)
+        .one(&ctx.db)
+        .await
+        .context("could not load the event")?
+        .context("the event was deleted meanwhile")?;
+    Ok(envelope::body_of(&event))
+}
+
+/// Takes each delivery of `ids` that is due `pending`, or `in_flight` under an expired lease.
+async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
     let now = Utc::now();
-    let next_delay = if result.succeeded() || result.permanent {
+    // The lease outlives the request's own timeout, so a slow but live attempt is not taken over.
+    let lease_until = now + ctx.settings.lease + ctx.settings.delivery_timeout;
+    let backend = ctx.db.get_database_backend();
+    let (id_filter, ids_value) = sql::id_list(backend, ids, 5);
+    let text = format!(
+        "UPDATE delivery SET status = $1, locked_until = $2, attempts = attempts + 1, \
+         updated_at = $3 \
+         WHERE ((status = $4 AND (next_attempt_at IS NULL OR next_attempt_at <= $3)) \
+            OR (status = $1 AND locked_until < $3)) AND {id_filter} \
+         RETURNING id, event_id, subscription_id, attempts"
+    );
+    let mut values: Vec<Value> = vec![
+        status::IN_FLIGHT.into(),
+        lease_until.into(),
+        now.into(),
+        status::PENDING.into(),
+    ];
+    values.extend(ids_value);
+    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
+    Claimed::find_by_statement(statement).all(&ctx.db).await
+}
+
+/// Gives claimed deliveries of disabled subscriptions back, unattempted. The sweeper skips
+/// disabled subscriptions; enabling the subscription makes them due again.
+async fn park(ctx: &JobContext, parked: &[Claimed]) -> anyhow::Result<usize> {
+    let backend = ctx.db.get_database_backend();
+    let mut count = 0;
+    for delivery in parked {
+        let statement = Statement::from_sql_and_values(
+            backend,
+            sql::numbered(
+                backend,
+                "UPDATE delivery SET status = $1, attempts = attempts - 1, locked_until = NULL \
+                 WHERE id = $2 AND status = $3 AND attempts = $4",
+            ),
+            [
+                status::PENDING.into(),
+                delivery.id.into(),
+                status::IN_FLIGHT.into(),
+                delivery.attempts.into(),
+            ],
+        );
+        let done = db_retry::retry("park a delivery", || ctx.db.execute_raw(statement.clone()))
+            .await
+            .context("could not park the delivery")?;
+        count += usize::try_from(done.rows_affected()).unwrap_or_default();
+        tracing::debug!(delivery.id = %delivery.id, "subscription disabled; delivery parked");
+    }
+    Ok(count)
+}
+
+/// The state one attempt leaves its delivery in.
+#[derive(Debug)]
+struct Decided {
+    outcome: Outcome,
+    next_delay: Option<Duration>,
+}
+
+/// Decides what an attempt means for its delivery: done, retry after a delay, or dead.
+fn decide(ctx: &JobContext, attempted: &Attempted) -> Decided {
+    let result = &attempted.result;
+    if result.succeeded() {
+        return Decided {
+            outcome: Outcome::Succeeded,
+            next_delay: None,
+        };
+    }
+    let next_delay = if result.permanent {
         None
     } else {
         // `attempts` counts this attempt: after the first one, the first retry delay applies.
-        let retry_index = usize::try_from(claimed.attempts - 1).unwrap_or(usize::MAX);
+        let retry_index = usize::try_from(attempted.delivery.attempts - 1).unwrap_or(usize::MAX);
         next_delay(
             &ctx.settings.retry_schedule,
             retry_index,
             result.retry_after,
         )
     };
-    let outcome = if result.succeeded() {
-        Outcome::Succeeded
-    } else if next_delay.is_some() {
-        Outcome::Retrying
-    } else {
-        Outcome::Dead
-    };
-    let next_attempt_at = next_delay.map(|delay| now + delay);
-    let new_status = match outcome {
-        Outcome::Succeeded => status::SUCCEEDED,
-        Outcome::Retrying => status::PENDING,
-        _ => status::DEAD,
-    };
-
-    let txn = ctx
-        .db
-        .begin()
-        .await
-        .context("could not start a transaction")?;
-    let finished = delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value(new_status))
-        .col_expr(
-            delivery::Column::NextAttemptAt,
-            Expr::value(next_attempt_at),
-        )
-        // A pending retry is left alone by the sweeper until it is due.
-        .col_expr(delivery::Column::LockedUntil, Expr::value(next_attempt_at))
-        .col_expr(
-            delivery::Column::LastStatus,
-            Expr::value(result.status_code.map(i32::from)),
-        )
-        .col_expr(
-            delivery::Column::LastError,
-            Expr::value(result.error.clone()),
-        )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
-        .col_expr(
-            delivery::Column::DeliveredAt,
-            Expr::value((outcome == Outcome::Succeeded).then_some(now)),
-        )
-        .filter(delivery::Column::Id.eq(claimed.id))
-        .filter(delivery::Column::Status.eq(status::IN_FLIGHT))
-        .filter(delivery::Column::Attempts.eq(claimed.attempts))
-        .exec(&txn)
-        .await
-        .context("could not record the delivery's state")?;
-    if finished.rows_affected == 0 {
-        tracing::warn!(delivery.id = %claimed.id, "lease lost while delivering; the newer run's result stands");
-        return Ok(Outcome::NotClaimed);
+    Decided {
+        outcome: if next_delay.is_some() {
+            Outcome::Retrying
+        } else {
+            Outcome::Dead
+        },
+        next_delay,
     }
-    delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        delivery_id: Set(claimed.id),
-        attempt: Set(claimed.attempts),
-        started_at: Set(attempt_started_at),
-        duration_ms: Set(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)),
-        status_code: Set(result.status_code.map(i32::from)),
-        error: Set(result.error.clone()),
-        response_excerpt: Set(result.excerpt.clone()),
-    })
-    .exec(&txn)
-    .await
-    .context("could not record the attempt")?;
-    txn.commit().await.context("could not commit the attempt")?;
-
-    match outcome {
-        Outcome::Succeeded => {
-            let end_to_end = (now - event.received_at).to_std().unwrap_or_default();
-            metrics::histogram!("hookline_delivery_end_to_end_seconds")
-                .record(end_to_end.as_secs_f64());
-            tracing::info!(delivery.id = %claimed.id, attempt = claimed.attempts, "delivered");
-        }
-        Outcome::Retrying => {
-            let delay = next_delay.unwrap_or_default();
-            tracing::info!(
-                delivery.id = %claimed.id,
-                attempt = claimed.attempts,
-                delay_ms = delay.as_millis() as u64,
-                error = result.error.as_deref().unwrap_or_default(),
-                "delivery failed; retry scheduled"
-            );
-            // apalis schedules in whole seconds: round up so the job is never early; a retry
-            // due sooner is pushed by the sweeper, which reads `next_attempt_at`.
-            let push = ctx
-                .queue
-                .push_after(
-                    DeliverRetry {
-                        delivery_id: claimed.id,
-                    },
-                    Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0)),
-                )
-                .await;
-            if let Err(error) = push {
-                // The row is durable; the sweeper pushes it when it is due.
-                tracing::warn!(delivery.id = %claimed.id, error = format!("{error:#}"), "could not push the retry");
-            }
-        }
-        _ => {
-            metrics::counter!("hookline_deliveries_dead_total").increment(1);
-            tracing::warn!(
-                delivery.id = %claimed.id,
-                attempts = claimed.attempts,
-                error = result.error.as_deref().unwrap_or_default(),
-                "delivery is dead"
-            );
-        }
-    }
-    track_subscription_health(ctx, &subscription, outcome == Outcome::Succeeded, now).await?;
-    Ok(outcome)
 }
 
-/// Takes the delivery if it is due `pending`, or `in_flight` under an expired lease.
-async fn claim(ctx: &JobContext, delivery_id: Uuid) -> anyhow::Result<Option<delivery::Model>> {
-    let now = Utc::now();
-    // The lease outlives the request's own timeout, so a slow but live attempt is not taken over.
-    let lease_until = now + ctx.settings.lease + ctx.settings.delivery_timeout;
-    let claimed = delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value(status::IN_FLIGHT))
-        .col_expr(delivery::Column::LockedUntil, Expr::value(lease_until))
-        .col_expr(
-            delivery::Column::Attempts,
-            Expr::col(delivery::Column::Attempts).add(1),
-        )
-        .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
-        .filter(delivery::Column::Id.eq(delivery_id))
-        .filter(
-            Condition::any()
-                .add(
-                    Condition::all()
-                        .add(delivery::Column::Status.eq(status::PENDING))
-                        .add(
-                            Condition::any()
-                                .add(delivery::Column::NextAttemptAt.is_null())
-                                .add(delivery::Column::NextAttemptAt.lte(now)),
-                        ),
-                )
-                .add(
-                    Condition::all()
-                        .add(delivery::Column::Status.eq(status::IN_FLIGHT))
-                        .add(delivery::Column::LockedUntil.lt(now)),
-                ),
-        )
-        .exec(&ctx.db)
-        .await
-        .context("could not claim the delivery")?;
-    if claimed.rows_affected == 0 {
-        return Ok(None);
-    }
-    delivery::Entity::find_by_id(delivery_id)
-        .one(&ctx.db)
-        .await
-        .context("could not load the claimed delivery")
-}
-
-/// Gives a claimed delivery of a disabled subscription back, unattempted. The sweeper skips
-/// disabled subscriptions; enabling the subscription makes it due again.
-async fn park(ctx: &JobContext, claimed: &delivery::Model) -> anyhow::Result<Outcome> {
-    delivery::Entity::update_many()
-        .col_expr(delivery::Column::Status, Expr::value(status::PENDING))
-        .col_expr(
-            delivery::Column::Attempts,
-            Expr::value(claimed.attempts - 1),
-        )
-        .col_expr(
-            delivery::Column::LockedUntil,
-            Expr::value(Option::<DateTime<Utc>>::None),
-        )
-        .filter(delivery::Column::Id.eq(claimed.id))
-        .filter(delivery::Column::Status.eq(status::IN_FLIGHT))
-        .filter(delivery::Column::Attempts.eq(claimed.attempts))
-        .exec(&ctx.db)
-        .await
-        .context("could not park the delivery")?;
-    tracing::debug!(delivery.id = %claimed.id, "subscription disabled; delivery parked");
-    Ok(Outcome::Parked)
-}
-
-/// Sends one attempt and classifies its result. Never fails: every problem is an attempt result.
-async fn attempt(
+/// Records a wave of attempts in one transaction, then schedules the retries and keeps the
+/// subscriptions' health.
+async fn record_wave(
     ctx: &JobContext,
-    delivery: &delivery::Model,
-    event: &webhook_event::Model,
-    subscription: &subscription::Model,
-) -> AttemptResult {
-    let url = match reqwest::Url::parse(&subscription.target_url) {
-        Ok(url) => url,
-        Err(error) => {
-            return AttemptResult {
-                error: Some(format!("the target URL is not a URL: {error}")),
-                permanent: true,
-                ..AttemptResult::default()
-            };
-        }
-    };
-    if let Err(refused) = target::check_literal_host(&url, ctx.settings.allow_private_targets) {
-        return AttemptResult {
-            error: Some(refused.to_string()),
-            permanent: true,
-            ..AttemptResult::default()
-        };
-    }
-    let secret = match ctx.cipher.decrypt(&subscription.secret) {
-        Ok(secret) => secret,
-        Err(error) => {
-            return AttemptResult {
-                error: Some(format!("could not decrypt the signing secret: {error}")),
-                ..AttemptResult::default()
-            };
-        }
-    };
-    let body = delivery_body(event);
-    let msg_id = delivery.id.to_string();
-    let timestamp = Utc::now().timestamp();
-    let signature = match signature::sign(&secret, &msg_id, timestamp, &body) {
-        Ok(signature) => signature,
-        Err(error) => {
-            return AttemptResult {
-                error: Some(format!("{error:#}")),
-                ..AttemptResult::default()
-            };
-        }
-    };
-    let sent = ctx
-        .subscriber_client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
-    let mut response = match sent {
-        Ok(response) => response,
-        Err(error) => {
-            return AttemptResult {
-                permanent: is_forbidden(&error),
-                error: Some(error_chain(&error)),
-                ..AttemptResult::default()
-            };
-        }
-    };
-    let status_code = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| parse_retry_after(value, Utc::now()));
-    let mut excerpt = Vec::new();
-    let mut read_error = None;
-    while excerpt.len() < EXCERPT_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(error) => {
-                read_error = Some(error_chain(&error));
-                break;
-            }
-        }
-    }
-    excerpt.truncate(EXCERPT_BYTES);
-    // The subscriber's bytes, made storable (Postgres refuses NUL in text).
-    let excerpt = (!excerpt.is_empty())
-        .then(|| storable::text(&String::from_utf8_lossy(&excerpt)).into_owned());
-    let error = if (200..300).contains(&status_code) {
-        // A 2xx counts even when reading its body failed: the subscriber accepted it.
-        None
-    } else {
-        Some(read_error.unwrap_or_else(|| format!("the subscriber answered HTTP {status_code}")))
-    };
-    AttemptResult {
-        status_code: Some(status_code),
-        error,
-        excerpt,
-        retry_after,
-        permanent: false,
-    }
-}
-
-/// The body POSTed to subscribers (DESIGN §10): `{"type", "timestamp", "data"}`.
-///
-/// `data` is the parsed event; an event without it (not processed by a version that stores it)
-/// still goes out, with its id, type and raw payload.
-pub fn delivery_body(event: &webhook_event::Model) -> Vec<u8> {
-    let event_type = event
-        .event_type
-        .clone()
-        .or_else(|| {
-            event
-                .data
-                .as_ref()
-                .and_then(|data| data.get("eventType"))
-                .and_then(|value| value.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let data = event.data.clone().unwrap_or_else(|| {
-        let raw = serde_json::from_slice::<serde_json::Value>(&event.body).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&event.body).into_owned())
-        });
-        serde_json::json!({
-            "eventId": event.id,
-            "eventType": event_type,
-            "raw": raw,
-        })
-    });
-    let body = serde_json::json!({
-        "type": event_type,
-        "timestamp": event.received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "data": data,
-    });
-    body.to_string().into_bytes()
-}
-
-/// The delay before retry number `retry_index` (0-based), or None when the schedule is
-/// exhausted. The scheduled delay gets ±20 % jitter; a `Retry-After` longer than that wins,
-/// capped at [`MAX_RETRY_AFTER`] (a subscriber cannot make hookline wait longer than that, and
-/// cannot make it retry sooner than the schedule).
-pub fn next_delay(
-    schedule: &[Duration],
-    retry_index: usize,
-    retry_after: Option<Duration>,
-) -> Option<Duration> {
-    let scheduled = *schedule.get(retry_index)?;
-    let jitter = rand::rng().random_range(0.8..=1.2);
-    let jittered = scheduled.mul_f64(jitter);
-    Some(match retry_after {
-        Some(asked) => jittered.max(asked.min(MAX_RETRY_AFTER)),
-        None => jittered,
-    })
-}
-
-/// Parses `Retry-After`: delay seconds, or an HTTP date.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or_default())
-}
-
-/// Keeps `failing_since` current and disables a subscription that has been failing for longer
-/// than `disable_failing_after`.
-async fn track_subscription_health(
-    ctx: &JobContext,
-    subscription: &subscription::Model,
-    succeeded: bool,
-    now: DateTime<Utc>,
+    wave: Vec<Attempted>,
+    outcome: &mut BatchOutcome,
 ) -> anyhow::Result<()> {
-    let id = subscription::Column::Id.eq(subscription.id);
-    if succeeded {
-        if subscription.failing_since.is_some() {
-            subscription::Entity::update_many()
-                .col_expr(
-                    subscription::Column::FailingSince,
-                    Expr::value(Option::<DateTime<Utc>>::None),
-                )
-                .filter(id)
-                .exec(&ctx.db)
-                .await
-                .context("could not clear failing_since")?;
+    let now = Utc::now();
+    let decided: Vec<Decided> = wave
+        .iter()
+        .map(|attempted| decide(ctx, attempted))
+        .collect();
+    let recorded = db_retry::retry("record delivery attempts", || {
+        record(ctx, &wave, &decided, now)
+    })
+    .await
+    .context("could not record the delivery attempts")?;
+
+    let mut retries: HashMap<u64, Vec<Uuid>> = HashMap::new();
+    let mut health: HashMap<Uuid, (Arc<subscription::Model>, bool)> = HashMap::new();
+    for (attempted, decided) in wave.iter().zip(&decided) {
+        let delivery = &attempted.delivery;
+        let result = &attempted.result;
+        metrics::counter!("hookline_delivery_attempts_total", "outcome" => result.outcome_label())
+            .increment(1);
+        metrics::histogram!("hookline_delivery_attempt_duration_seconds")
+            .record(attempted.duration.as_secs_f64());
+        if !recorded.contains(&delivery.id) {
+            outcome.not_claimed += 1;
+            tracing::warn!(delivery.id = %delivery.id, "lease lost while delivering; the newer run's result stands");
+            continue;
         }
-        return Ok(());
+        let succeeded = decided.outcome == Outcome::Succeeded;
+        let entry = health
+            .entry(attempted.subscription.id)
+            .or_insert_with(|| (attempted.subscription.clone(), false));
+        entry.1 |= succeeded;
+        match decided.outcome {
+            Outcome::Succeeded => {
+                outcome.succeeded += 1;
+                let end_to_end = (now - attempted.received_at).to_std().unwrap_or_default();
+                metrics::histogram!("hookline_delivery_end_to_end_seconds")
+                    .record(end_to_end.as_secs_f64());
+                tracing::info!(delivery.id = %delivery.id, attempt = delivery.attempts, "delivered");
+            }
+            Outcome::Retrying => {
+                outcome.retrying += 1;
+                let delay = decided.next_delay.unwrap_or_default();
+                tracing::info!(
+                    delivery.id = %delivery.id,
+                    attempt = delivery.attempts,
+                    delay_ms = delay.as_millis() as u64,
+                    error = result.error.as_deref().unwrap_or_default(),
+                    "delivery failed; retry scheduled"
+                );
+                // apalis schedules in whole seconds: round up so the job is never early; a
+                // retry due sooner is pushed by the sweeper, which reads `next_attempt_at`.
+                let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+                retries.entry(seconds).or_default().push(delivery.id);
+            }
+            Outcome::Dead => {
+                outcome.dead += 1;
+                metrics::counter!("hookline_deliveries_dead_total").increment(1);
+                tracing::warn!(
+                    delivery.id = %delivery.id,
+                    attempts = delivery.attempts,
+                    error = result.error.as_deref().unwrap_or_default(),
+                    "delivery is dead"
+                );
+            }
+        }
     }
-    let Some(failing_since) = subscription.failing_since else {
-        subscription::Entity::update_many()
-            .col_expr(subscription::Column::FailingSince, Expr::value(now))
-            .filter(id)
-            .filter(subscription::Column::FailingSince.is_null())
-            .exec(&ctx.db)
-            .await
-            .context("could not set failing_since")?;
-        return Ok(());
-    };
-    let limit = ctx.settings.disable_failing_after;
-    if (now - failing_since).to_std().unwrap_or_default() < limit {
-        return Ok(());
+    for (seconds, delivery_ids) in retries {
+        let push = ctx
+            .queue
+            .push_after(DeliverRetry { delivery_ids }, Duration::from_secs(seconds))
+            .await;
+        if let Err(error) = push {
+            // The rows are durable; the sweeper pushes them when they are due.
+            metrics::counter!("hookline_enqueue_failures_total", "job" => "deliver_retry")
+                .increment(1);
+            tracing::warn!(error = format!("{error:#}"), "could not push retries");
+        }
     }
-    let reason = format!(
-        "deliveries failed continuously since {} (longer than {}s)",
-        failing_since.to_rfc3339_opts(SecondsFormat::Secs, true),
-        limit.as_secs()
-    );
-    let disabled = subscription::Entity::update_many()
-        .col_expr(subscription::Column::Enabled, Expr::value(false))
-        .col_expr(
-            subscription::Column::DisabledReason,
-            Expr::value(reason.clone()),
-        )
-        .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
-        .filter(id)
-        .filter(subscription::Column::Enabled.eq(true))
-        .filter(subscription::Column::FailingSince.is_not_null())
-        .exec(&ctx.db)
-        .await
-        .context("could not disable the failing subscription")?;
-    if disabled.rows_affected > 0 {
-        metrics::counter!("hookline_subscriptions_disabled_total").increment(1);
-        tracing::warn!(subscription.id = %subscription.id, reason, "subscription disabled");
+    for (subscription, succeeded) in health.into_values() {
+        subscription_health::track(ctx, &subscription, succeeded, now).await?;
     }
     Ok(())
 }
 
-/// Whether the request failed because the SSRF guard refused every address.
-fn is_forbidden(error: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.is::<ForbiddenTarget>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
+/// One transaction: each delivery's new state (fenced by `attempts`) and its attempt row.
+/// Returns the deliveries recorded (those whose claim was still this run's).
+async fn record(
+    ctx: &JobContext,
+    wave: &[Attempted],
+    decided: &[Decided],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    let rows: Vec<AttemptRow> = wave
+        .iter()
+        .zip(decided)
+        .map(|(attempted, decided)| AttemptRow::new(ctx, attempted, decided, now))
+        .collect();
+    let txn = ctx.db.begin().await?;
+    let recorded = if txn.get_database_backend() == DatabaseBackend::Postgres {
+        record_postgres(&txn, &rows, now).await?
+    } else {
+        record_each(&txn, &rows, now).await?
+    };
+    txn.commit().await?;
+    Ok(recorded)
 }
 
-/// An error with its causes, `a: b: c`, as reqwest's own `Display` stops at the first.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(current) = source {
-        let cause = current.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = current.source();
-    }
-    text
+/// One attempt as the columns it writes.
+#[derive(Debug)]
+struct AttemptRow {
+    delivery_id: Uuid,
+    attempts: i32,
+    status: &'static str,
+    next_attempt_at: Option<DateTime<Utc>>,
+    /// A pending retry is left alone by the sweeper until shortly after it is due.
+    locked_until: Option<DateTime<Utc>>,
+    status_code: Option<i32>,
+    error: Option<String>,
+    excerpt: Option<String>,
+    delivered_at: Option<DateTime<Utc>>,
+    started_at: DateTime<Utc>,
+    duration_ms: i64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_follow_the_schedule_with_jitter_and_end() {
-        let schedule = [Duration::from_secs(10), Duration::from_secs(100)];
-        for _ in 0..50 {
-            let first = next_delay(&schedule, 0, None).expect("a retry");
-            assert!(first >= Duration::from_secs(8) && first <= Duration::from_secs(12));
+impl AttemptRow {
+    fn new(ctx: &JobContext, attempted: &Attempted, decided: &Decided, now: DateTime<Utc>) -> Self {
+        let next_attempt_at = decided.next_delay.map(|delay| now + delay);
+        Self {
+            delivery_id: attempted.delivery.id,
+            attempts: attempted.delivery.attempts,
+            status: match decided.outcome {
+                Outcome::Succeeded => status::SUCCEEDED,
+                Outcome::Retrying => status::PENDING,
+                Outcome::Dead => status::DEAD,
+            },
+            next_attempt_at,
+            locked_until: next_attempt_at.map(|at| at + ctx.settings.lease),
+            status_code: attempted.result.status_code.map(i32::from),
+            error: attempted.result.error.clone(),
+            excerpt: attempted.result.excerpt.clone(),
+            delivered_at: (decided.outcome == Outcome::Succeeded).then_some(now),
+            started_at: attempted.started_at,
+            duration_ms: i64::try_from(attempted.duration.as_millis()).unwrap_or(i64::MAX),
         }
-        assert!(next_delay(&schedule, 2, None).is_none());
     }
+}
 
-    #[test]
-    fn retry_after_extends_the_delay_within_bounds() {
-        let schedule = [Duration::from_secs(10)];
-        let asked = next_delay(&schedule, 0, Some(Duration::from_secs(120))).expect("a retry");
-        assert_eq!(asked, Duration::from_secs(120));
-        let capped = next_delay(&schedule, 0, Some(Duration::from_secs(86_400))).expect("retry");
-        assert_eq!(capped, MAX_RETRY_AFTER);
-        let shorter = next_delay(&schedule, 0, Some(Duration::from_secs(1))).expect("a retry");
-        assert!(shorter >= Duration::from_secs(8));
+/// Postgres: two statements of one shape whatever the wave's size (`unnest` of arrays).
+async fn record_postgres(
+    txn: &impl ConnectionTrait,
+    rows: &[AttemptRow],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    let update = Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "UPDATE delivery AS d SET status = u.status, \
+           next_attempt_at = NULLIF(u.next_attempt_at, '')::timestamptz, \
+           locked_until = NULLIF(u.locked_until, '')::timestamptz, \
+           last_status = NULLIF(u.status_code, '')::int4, last_error = NULLIF(u.error, ''), \
+           updated_at = $1, delivered_at = NULLIF(u.delivered_at, '')::timestamptz \
+         FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::text[], $9::text[]) \
+           AS u(id, attempts, status, next_attempt_at, locked_until, status_code, error, delivered_at) \
+         WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempts \
+         RETURNING d.id",
+        [
+            now.into(),
+            rows.iter()
+                .map(|r| r.delivery_id)
+                .collect::<Vec<_>>()
+                .into(),
+            rows.iter().map(|r| r.attempts).collect::<Vec<_>>().into(),
+            sql::text_array(rows.iter().map(|r| Some(r.status.to_owned()))),
+            time_array(rows.iter().map(|r| r.next_attempt_at)),
+            time_array(rows.iter().map(|r| r.locked_until)),
+            int_array(rows.iter().map(|r| r.status_code)),
+            sql::text_array(rows.iter().map(|r| r.error.clone())),
+            time_array(rows.iter().map(|r| r.delivered_at)),
+        ],
+    );
+    let recorded: std::collections::HashSet<Uuid> = txn
+        .query_all_raw(update)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id"))
+        .collect::<Result<_, _>>()?;
+    let kept: Vec<&AttemptRow> = rows
+        .iter()
+        .filter(|row| recorded.contains(&row.delivery_id))
+        .collect();
+    if kept.is_empty() {
+        return Ok(recorded);
     }
+    let insert = Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "INSERT INTO delivery_attempt (id, delivery_id, attempt, started_at, duration_ms, \
+           status_code, error, response_excerpt) \
+         SELECT u.id, u.delivery_id, u.attempt, u.started_at, u.duration_ms, \
+           NULLIF(u.status_code, '')::int4, NULLIF(u.error, ''), NULLIF(u.excerpt, '') \
+         FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::timestamptz[], $5::int8[], \
+                     $6::text[], $7::text[], $8::text[]) \
+           AS u(id, delivery_id, attempt, started_at, duration_ms, status_code, error, excerpt)",
+        [
+            kept.iter()
+                .map(|_| Uuid::now_v7())
+                .collect::<Vec<_>>()
+                .into(),
+            kept.iter()
+                .map(|r| r.delivery_id)
+                .collect::<Vec<_>>()
+                .into(),
+            kept.iter().map(|r| r.attempts).collect::<Vec<_>>().into(),
+            kept.iter().map(|r| r.started_at).collect::<Vec<_>>().into(),
+            kept.iter()
+                .map(|r| r.duration_ms)
+                .collect::<Vec<_>>()
+                .into(),
+            int_array(kept.iter().map(|r| r.status_code)),
+            sql::text_array(kept.iter().map(|r| r.error.clone())),
+            sql::text_array(kept.iter().map(|r| r.excerpt.clone())),
+        ],
+    );
+    txn.execute_raw(insert).await?;
+    Ok(recorded)
+}
 
-    #[test]
-    fn retry_after_parses_seconds_and_http_dates() {
-        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
-            .expect("date")
-            .with_timezone(&Utc);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
+/// SQLite runs in-process: two small statements per attempt cost no round trip.
+async fn record_each(
+    txn: &impl ConnectionTrait,
+    rows: &[AttemptRow],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    let backend = txn.get_database_backend();
+    let mut recorded = std::collections::HashSet::with_capacity(rows.len());
+    for row in rows {
+        let update = Statement::from_sql_and_values(
+            backend,
+            "UPDATE delivery SET status = ?1, next_attempt_at = ?2, locked_until = ?3, \
+               last_status = ?4, last_error = ?5, updated_at = ?6, delivered_at = ?7 \
+             WHERE id = ?8 AND status = 'in_flight' AND attempts = ?9",
+            [
+                row.status.into(),
+                row.next_attempt_at.into(),
+                row.locked_until.into(),
+                row.status_code.into(),
+                row.error.clone().into(),
+                now.into(),
+                row.delivered_at.into(),
+                row.delivery_id.into(),
+                row.attempts.into(),
+            ],
         );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(60))
+        if txn.execute_raw(update).await?.rows_affected() == 0 {
+            continue;
+        }
+        let insert = Statement::from_sql_and_values(
+            backend,
+            "INSERT INTO delivery_attempt (id, delivery_id, attempt, started_at, duration_ms, \
+               status_code, error, response_excerpt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            [
+                Uuid::now_v7().into(),
+                row.delivery_id.into(),
+                row.attempts.into(),
+                row.started_at.into(),
+                row.duration_ms.into(),
+                row.status_code.into(),
+                row.error.clone().into(),
+                row.excerpt.clone().into(),
+            ],
         );
-        assert_eq!(parse_retry_after("soon", now), None);
+        txn.execute_raw(insert).await?;
+        recorded.insert(row.delivery_id);
     }
+    Ok(recorded)
+}
+
+/// Nullable instants as a `text[]` for `NULLIF(x, '')::timestamptz` (see [`sql::text_array`]).
+fn time_array(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> Value {
+    sql::text_array(values.map(|at| at.map(|at| at.to_rfc3339())))
+}
+
+/// Nullable integers as a `text[]` for `NULLIF(x, '')::int4` (see [`sql::text_array`]).
+fn int_array(values: impl Iterator<Item = Option<i32>>) -> Value {
+    sql::text_array(values.map(|value| value.map(|value| value.to_string())))
 }

@@ -1,7 +1,7 @@
-//! The apalis jobs, one file per job. Payloads carry ids only: the row is the truth.
+//! The apalis jobs, one file per job. Payloads carry ids only: the rows are the truth.
 
 pub mod deliver;
-pub mod process_event;
+pub mod process_events;
 
 pub use deliver::{Deliver, DeliverRetry};
-pub use process_event::ProcessEvent;
+pub use process_events::ProcessEvents;

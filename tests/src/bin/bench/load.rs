@@ -18,23 +18,35 @@ use uuid::Uuid;
 /// What is posted, and where.
 #[derive(Clone)]
 pub struct Target {
-    /// The connection's webhook URL.
-    pub url: String,
-    /// The connection's webhook secret.
-    pub secret: String,
-    /// The fixture body (a JSON object).
+    /// The connections' webhook URLs and secrets; request `seq` goes to `seq % len`.
+    pub connections: Vec<(String, String)>,
+    /// The fixture body (a JSON object), about issue `ORB-417`.
     pub fixture: Arc<Vec<u8>>,
+    /// How many distinct issues the requests are about (request `seq` is about issue
+    /// `seq % issues`); 0: every request is about an issue of its own.
+    pub issues: u64,
     /// Distinguishes this run's identifiers from any other run's.
     pub run_id: String,
 }
 
 impl Target {
-    /// The body of request `seq`: the fixture with `"hooklineBenchSeq": seq` as first field.
+    /// The body of request `seq`: the fixture about its issue (`ORB-<1000 + n>` instead of
+    /// `ORB-417`), with `"hooklineBenchSeq": seq` as first field.
     fn body(&self, seq: u64) -> Vec<u8> {
-        let rest = self.fixture.strip_prefix(b"{").unwrap_or(&self.fixture);
-        let mut body = format!("{{\"hooklineBenchSeq\":{seq},").into_bytes();
-        body.extend_from_slice(rest);
-        body
+        let issue = if self.issues == 0 {
+            seq
+        } else {
+            seq % self.issues
+        };
+        let text = String::from_utf8_lossy(&self.fixture)
+            .replace("ORB-417", &format!("ORB-{}", 1000 + issue));
+        let rest = text.strip_prefix('{').unwrap_or(&text);
+        format!("{{\"hooklineBenchSeq\":{seq},{rest}").into_bytes()
+    }
+
+    /// The webhook URL and secret of request `seq`.
+    fn connection(&self, seq: u64) -> &(String, String) {
+        &self.connections[(seq % self.connections.len() as u64) as usize]
     }
 }
 
@@ -84,11 +96,12 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
 
 async fn post(client: &reqwest::Client, target: &Target, seq: u64, scheduled: Instant) -> Sent {
     let body = target.body(seq);
-    let signature = plugins::jira::webhook::sign(target.secret.as_bytes(), &body);
+    let (url, secret) = target.connection(seq);
+    let signature = plugins::jira::webhook::sign(secret.as_bytes(), &body);
     let sent = Instant::now();
     let outcome = async {
         let response = client
-            .post(&target.url)
+            .post(url)
             .header("content-type", "application/json; charset=utf-8")
             .header("x-hub-signature", signature)
             .header(

@@ -55,6 +55,19 @@ pub struct StackOptions {
     #[arg(long, env = "BENCH_LEASE")]
     pub lease: Option<String>,
 
+    /// Companies (tenants) the traffic is spread over; each has its own subscriptions.
+    #[arg(long, env = "BENCH_COMPANIES", default_value_t = 4)]
+    pub companies: usize,
+
+    /// Jira sites (connections) each company connects; events go round-robin over all of them.
+    #[arg(long, env = "BENCH_SITES_PER_COMPANY", default_value_t = 3)]
+    pub sites_per_company: usize,
+
+    /// Distinct issues the events are about (round-robin); 0: every event is about an issue
+    /// of its own, so no Jira answer serves two events.
+    #[arg(long, env = "BENCH_ISSUES", default_value_t = 1000)]
+    pub issues: u64,
+
     /// Use a connection without OAuth (`POST /api/v1/connections`): enrichment is `skipped`.
     /// Default: connect through the fake Atlassian's OAuth flow, so events are enriched.
     #[arg(long, env = "BENCH_NO_ENRICHMENT")]
@@ -94,7 +107,8 @@ impl Drop for HooklineProcess {
 
 /// The running system under test.
 pub struct Stack {
-    options: StackOptions,
+    /// How the stack was set up.
+    pub options: StackOptions,
     hookline: PathBuf,
     /// The run's directory (logs, metrics).
     pub run_dir: PathBuf,
@@ -112,16 +126,18 @@ pub struct Stack {
     pub metrics_addr: String,
     /// The fake Atlassian (OAuth and the issue API).
     pub fake: FakeAtlassian,
-    /// The benchmark's subscriber.
+    /// The benchmark's subscriber: every company's `jira:issue_*` subscription, whose
+    /// deliveries the figures count (one per event).
     pub subscriber: BenchSubscriber,
+    /// A second subscriber: every company's subscription to project ORB's issue events (the
+    /// fan-out: a second delivery of every event, checked for loss and duplicates too).
+    pub fanout: BenchSubscriber,
     /// `hookline serve`.
     pub api: Option<HooklineProcess>,
     /// `hookline worker`.
     pub worker: Option<HooklineProcess>,
-    /// The connection's webhook URL.
-    pub webhook_url: String,
-    /// The connection's webhook secret (`X-Hub-Signature` key).
-    pub webhook_secret: String,
+    /// Every connection's webhook URL and secret (`X-Hub-Signature` key).
+    pub connections: Vec<(String, String)>,
     /// The HTTP client of the setup calls.
     client: reqwest::Client,
 }
@@ -155,6 +171,8 @@ impl Stack {
         let queue_prefix = format!("hookline-bench-{id}");
         let fake = FakeAtlassian::start().await;
         let subscriber = BenchSubscriber::start().await?;
+        let fanout = BenchSubscriber::start().await?;
+        fake.serve_every_issue();
         let api_port = free_port()?;
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let key = base64::engine::general_purpose::STANDARD.encode(rand_key());
@@ -206,10 +224,10 @@ impl Stack {
             metrics_addr,
             fake,
             subscriber,
+            fanout,
             api: None,
             worker: None,
-            webhook_url: String::new(),
-            webhook_secret: String::new(),
+            connections: Vec::new(),
             client,
         };
         stack.migrate().await?;
@@ -412,57 +430,98 @@ impl Stack {
         }
     }
 
-    /// A company, a Jira connection (OAuth through the fake, or admin-registered), and a
-    /// subscription of the benchmark's subscriber to `jira:issue_*` of that connection.
+    /// The tenants: `companies` companies, each with `sites_per_company` Jira connections
+    /// (OAuth through the fake, or admin-registered) and four subscriptions with different
+    /// filters: `jira:issue_*` (the counted subscriber), `jira:issue_*` of project ORB (the
+    /// fan-out subscriber), and two that issue events never match (`comment_*`, and
+    /// `jira:issue_*` of project NOPE), which every event is still matched against.
     async fn create_tenant(&mut self) -> anyhow::Result<()> {
-        let company = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/companies",
-                ADMIN_TOKEN,
-                Some(serde_json::json!({ "name": "bench" })),
-            )
-            .await?;
-        let api_key = string_field(&company, "apiKey")?;
-        let connection = if self.options.no_enrichment {
-            self.call(
-                reqwest::Method::POST,
-                "/api/v1/connections",
-                &api_key,
-                Some(serde_json::json!({
-                    "pluginId": "jira",
-                    "externalId": "bench.atlassian.net",
-                    "externalName": "bench",
-                })),
-            )
-            .await?
-        } else {
-            self.connect_through_oauth(&api_key).await?
-        };
-        let connection_id = string_field(&connection, "id")?;
-        self.webhook_url = string_field(&connection, "webhookUrl")?;
-        self.webhook_secret = string_field(&connection, "webhookSecret")?;
-        let subscription = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/subscriptions",
-                &api_key,
-                Some(serde_json::json!({
-                    "url": self.subscriber.url,
-                    "eventTypes": ["jira:issue_*"],
-                    "connectionId": connection_id,
-                })),
-            )
-            .await?;
-        self.subscriber
-            .set_secret(&string_field(&subscription, "secret")?);
+        for company in 0..self.options.companies.max(1) {
+            let created = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/companies",
+                    ADMIN_TOKEN,
+                    Some(serde_json::json!({ "name": format!("bench-{company}") })),
+                )
+                .await?;
+            let api_key = string_field(&created, "apiKey")?;
+            let sites: Vec<String> = (0..self.options.sites_per_company.max(1))
+                .map(|site| format!("bench-c{company}-s{site}"))
+                .collect();
+            let connections = if self.options.no_enrichment {
+                let mut connections = Vec::new();
+                for site in &sites {
+                    connections.push(
+                        self.call(
+                            reqwest::Method::POST,
+                            "/api/v1/connections",
+                            &api_key,
+                            Some(serde_json::json!({
+                                "pluginId": "jira",
+                                "externalId": format!("{site}.atlassian.net"),
+                                "externalName": site,
+                            })),
+                        )
+                        .await?,
+                    );
+                }
+                connections
+            } else {
+                self.fake.set_consent_sites(
+                    sites
+                        .iter()
+                        .map(|site| fake_atlassian::site(site))
+                        .collect(),
+                );
+                self.connect_through_oauth(&api_key).await?
+            };
+            for connection in &connections {
+                self.connections.push((
+                    string_field(connection, "webhookUrl")?,
+                    string_field(connection, "webhookSecret")?,
+                ));
+            }
+            let subscriptions = [
+                (self.subscriber.url.clone(), "jira:issue_*", None),
+                (
+                    self.fanout.url.clone(),
+                    "jira:issue_*",
+                    Some(serde_json::json!({"projectKeys": ["ORB"]})),
+                ),
+                (self.fanout.url.clone(), "comment_*", None),
+                (
+                    self.subscriber.url.clone(),
+                    "jira:issue_*",
+                    Some(serde_json::json!({"projectKeys": ["NOPE"]})),
+                ),
+            ];
+            for (index, (url, event_type, filters)) in subscriptions.into_iter().enumerate() {
+                let mut body = serde_json::json!({ "url": url, "eventTypes": [event_type] });
+                if let Some(filters) = filters {
+                    body["filters"] = filters;
+                }
+                let subscription = self
+                    .call(
+                        reqwest::Method::POST,
+                        "/api/v1/subscriptions",
+                        &api_key,
+                        Some(body),
+                    )
+                    .await?;
+                let secret = string_field(&subscription, "secret")?;
+                match index {
+                    0 | 3 => self.subscriber.add_secret(&secret),
+                    _ => self.fanout.add_secret(&secret),
+                }
+            }
+        }
         Ok(())
     }
 
     /// The OAuth connect flow as a person runs it, against the fake Atlassian: authorize,
-    /// consent, callback (JSON). Returns the connection of the fake's first site, whose cloud
-    /// id the fake's issue API serves.
-    async fn connect_through_oauth(&self, api_key: &str) -> anyhow::Result<serde_json::Value> {
+    /// consent, callback (JSON). Returns the connections of the sites the consent listed.
+    async fn connect_through_oauth(&self, api_key: &str) -> anyhow::Result<Vec<serde_json::Value>> {
         let response = self
             .client
             .post(format!(
@@ -506,7 +565,7 @@ impl Stack {
         );
         body["connections"]
             .as_array()
-            .and_then(|connections| connections.first())
+            .filter(|connections| !connections.is_empty())
             .cloned()
             .with_context(|| format!("the OAuth callback connected no site: {body}"))
     }

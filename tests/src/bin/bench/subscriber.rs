@@ -51,8 +51,8 @@ pub struct BenchSubscriber {
 }
 
 struct State {
-    /// The subscription's `whsec_…` secret; set once the subscription exists.
-    secret: Mutex<Option<String>>,
+    /// The `whsec_…` secrets of the subscriptions delivering here (one per company).
+    secrets: Mutex<Vec<String>>,
     received: Mutex<Received>,
 }
 
@@ -85,7 +85,7 @@ impl BenchSubscriber {
     /// Starts the subscriber on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
         let state = Arc::new(State {
-            secret: Mutex::new(None),
+            secrets: Mutex::new(Vec::new()),
             received: Mutex::new(Received::default()),
         });
         let acceptor = TcpListener::bind("127.0.0.1:0")
@@ -110,9 +110,13 @@ impl BenchSubscriber {
         })
     }
 
-    /// The subscription's signing secret, once it is known.
-    pub fn set_secret(&self, secret: &str) {
-        *self.state.secret.lock().expect("subscriber lock") = Some(secret.to_owned());
+    /// The signing secret of one more subscription delivering here.
+    pub fn add_secret(&self, secret: &str) {
+        self.state
+            .secrets
+            .lock()
+            .expect("subscriber lock")
+            .push(secret.to_owned());
     }
 
     /// How many distinct events were delivered so far.
@@ -149,10 +153,10 @@ async fn receive(req: &Request, body: Body, state: Data<&Arc<State>>) -> StatusC
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
     };
-    let secret = state.secret.lock().expect("subscriber lock").clone();
-    let verified = secret.is_some_and(|secret| {
+    let secrets = state.secrets.lock().expect("subscriber lock").clone();
+    let verified = secrets.iter().any(|secret| {
         api::sink::verify(
-            &secret,
+            secret,
             header("webhook-id"),
             header("webhook-timestamp"),
             &body,
