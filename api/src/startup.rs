@@ -147,6 +147,8 @@ impl Application {
                 disable_failing_after: settings.disable_failing_after,
                 retention: (!settings.retention.is_zero()).then_some(settings.retention),
                 retention_interval: settings.retention_interval,
+                jira_webhook_renewal_margin: settings.jira_webhook_renewal_margin,
+                jira_webhook_renewal_interval: settings.jira_webhook_renewal_interval,
                 ..WorkerSettings::default()
             }),
             jira: jira.clone(),

@@ -6,6 +6,7 @@
 
 pub mod enrichment;
 pub mod janitor;
+pub mod jira_webhook_renewal;
 pub mod jobs;
 pub mod matching;
 pub mod periodic;
@@ -61,6 +62,11 @@ pub struct WorkerSettings {
     pub retention: Option<Duration>,
     /// How often retention pruning runs, across all workers together.
     pub retention_interval: Duration,
+    /// Dynamic Jira webhooks expiring within this time are renewed (Jira expires them 30
+    /// days after their registration or last refresh).
+    pub jira_webhook_renewal_margin: Duration,
+    /// How often the renewal of dynamic Jira webhooks runs, across all workers together.
+    pub jira_webhook_renewal_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -83,6 +89,8 @@ impl Default for WorkerSettings {
             disable_failing_after: Duration::from_secs(5 * 86_400),
             retention: Some(Duration::from_secs(30 * 86_400)),
             retention_interval: Duration::from_secs(3600),
+            jira_webhook_renewal_margin: Duration::from_secs(10 * 86_400),
+            jira_webhook_renewal_interval: Duration::from_secs(3600),
         }
     }
 }
