@@ -141,6 +141,17 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_RETENTION_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub retention_interval: Duration,
 
+    /// Dynamic Jira webhooks (registered by hookline) expiring within this time are renewed by
+    /// the workers; Jira expires them 30 days after their registration or last refresh, so the
+    /// default renews each about every 20 days. At least `HOOKLINE_JIRA_WEBHOOK_RENEWAL_INTERVAL`.
+    #[arg(long, env = "HOOKLINE_JIRA_WEBHOOK_RENEWAL_MARGIN", default_value = "10d", value_parser = parse_duration)]
+    pub jira_webhook_renewal_margin: Duration,
+
+    /// How often the renewal of dynamic Jira webhooks runs (one worker runs it, however many
+    /// there are).
+    #[arg(long, env = "HOOKLINE_JIRA_WEBHOOK_RENEWAL_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub jira_webhook_renewal_interval: Duration,
+
     /// Jobs of one queue a worker process runs at once.
     #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
@@ -367,6 +378,16 @@ impl Settings {
             bail!(
                 "HOOKLINE_RETENTION must be 0s (keep everything) or at least 1m (got {:?})",
                 self.retention
+            );
+        }
+        if self.jira_webhook_renewal_interval < Duration::from_secs(1) {
+            bail!("HOOKLINE_JIRA_WEBHOOK_RENEWAL_INTERVAL must be at least 1s");
+        }
+        if self.jira_webhook_renewal_margin < self.jira_webhook_renewal_interval {
+            bail!(
+                "HOOKLINE_JIRA_WEBHOOK_RENEWAL_MARGIN ({:?}) must be at least HOOKLINE_JIRA_WEBHOOK_RENEWAL_INTERVAL ({:?}): a webhook could otherwise expire between two runs",
+                self.jira_webhook_renewal_margin,
+                self.jira_webhook_renewal_interval
             );
         }
         if self.queue_prefix.is_empty() || self.queue_prefix.contains(char::is_whitespace) {

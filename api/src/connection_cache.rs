@@ -6,16 +6,19 @@
 //! works at once. A connection deleted through this process's API is dropped from its cache at
 //! once; other API processes notice within the time to live (their insert then fails on the
 //! foreign key and the request is answered 404 all the same). A signature that does not verify
-//! against a cached secret is checked again against a fresh read before it is refused.
+//! against a cached secret is checked again against a fresh read before it is refused, and so
+//! is a dynamic delivery whose `matchedWebhookIds` names no cached webhook (one registered a
+//! moment ago, through another process).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use entity::cipher::Cipher;
+use entity::jira_webhook;
 use entity::plugin_connection::{self, status as connection_status};
 use plugins::keyed_lock::KeyedLock;
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use secrecy::SecretSlice;
 use uuid::Uuid;
 
@@ -33,6 +36,9 @@ pub struct IngestConnection {
     pub plugin_id: String,
     /// The decrypted webhook secret, when the connection has one.
     pub webhook_secret: Option<SecretSlice<u8>>,
+    /// Jira's ids of the dynamic webhooks hookline registered for the connection (a delivery's
+    /// `matchedWebhookIds` must name one of them).
+    pub dynamic_webhook_ids: Vec<i64>,
 }
 
 /// Why a connection could not be looked up.
@@ -111,11 +117,20 @@ impl ConnectionCache {
             }
             None => None,
         };
+        let dynamic_webhook_ids = jira_webhook::Entity::find()
+            .select_only()
+            .column(jira_webhook::Column::WebhookId)
+            .filter(jira_webhook::Column::ConnectionId.eq(id))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(LookupError::Database)?;
         let connection = Arc::new(IngestConnection {
             id: model.id,
             company_id: model.company_id,
             plugin_id: model.plugin_id,
             webhook_secret,
+            dynamic_webhook_ids,
         });
         self.remember(Arc::clone(&connection));
         Ok(Some(connection))

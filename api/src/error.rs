@@ -121,6 +121,11 @@ impl ApiError {
         Self::Unprocessable(envelope("unprocessable", detail))
     }
 
+    /// 422 `jira_refused`: Jira refused what it was asked, with its reasons.
+    pub fn jira_refused(detail: impl Into<String>) -> Self {
+        Self::Unprocessable(envelope("jira_refused", detail))
+    }
+
     /// 429 with a detail and, if known, how many seconds to wait.
     pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
         Self::TooManyRequests(envelope("too_many_requests", detail), retry_after_secs)

@@ -211,6 +211,46 @@ pub const FAMILIES: &[Family] = &[
         ],
     },
     Family {
+        name: "hookline_jira_webhook_registrations_total",
+        kind: Kind::Counter,
+        help: "Dynamic Jira webhooks asked for, by what Jira did (created, refused: an entry \
+               Jira refused; error: the call failed)",
+        unit: None,
+        series: &[
+            &[("outcome", "created")],
+            &[("outcome", "refused")],
+            &[("outcome", "error")],
+        ],
+    },
+    Family {
+        name: "hookline_jira_webhook_renewals_total",
+        kind: Kind::Counter,
+        help: "Renewals of dynamic Jira webhooks, by outcome (renewed; gone, revoked, refused: \
+               marked renewal_failed; failed: tried again on the next run)",
+        unit: None,
+        series: &[
+            &[("outcome", "renewed")],
+            &[("outcome", "gone")],
+            &[("outcome", "revoked")],
+            &[("outcome", "refused")],
+            &[("outcome", "failed")],
+        ],
+    },
+    Family {
+        name: "hookline_jira_webhook_deletions_total",
+        kind: Kind::Counter,
+        help: "Dynamic Jira webhooks deleted at Jira (one by one, or with their connection), by \
+               outcome (deleted, gone: Jira no longer had it, skipped: the grant no longer \
+               works, failed: left to expire at Jira)",
+        unit: None,
+        series: &[
+            &[("outcome", "deleted")],
+            &[("outcome", "gone")],
+            &[("outcome", "skipped")],
+            &[("outcome", "failed")],
+        ],
+    },
+    Family {
         name: "hookline_jira_rate_limited_total",
         kind: Kind::Counter,
         help: "Jira REST API calls answered 429",

@@ -154,6 +154,8 @@ impl Application {
                 deliver_batch_size: settings.delivery_batch_size,
                 enrichment_concurrency: settings.enrichment_concurrency,
                 poison_attempts: i32::from(settings.poison_attempts),
+                jira_webhook_renewal_margin: settings.jira_webhook_renewal_margin,
+                jira_webhook_renewal_interval: settings.jira_webhook_renewal_interval,
                 ..WorkerSettings::default()
             }),
             jira: jira.clone(),

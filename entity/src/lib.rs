@@ -13,6 +13,7 @@ pub mod company;
 pub mod console_session;
 pub mod delivery;
 pub mod delivery_attempt;
+pub mod jira_webhook;
 pub mod oauth_grant;
 pub mod oauth_state;
 pub mod periodic_task;

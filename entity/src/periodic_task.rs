@@ -8,6 +8,8 @@ use sea_orm::entity::prelude::*;
 pub mod name {
     /// Deleting events, deliveries and attempts older than the retention period.
     pub const RETENTION: &str = "retention";
+    /// Refreshing the dynamic Jira webhooks that expire within the renewal margin.
+    pub const JIRA_WEBHOOK_RENEWAL: &str = "jira_webhook_renewal";
 }
 
 /// One periodic task and the state of its runs.

@@ -1,6 +1,9 @@
 //! A fake Atlassian on loopback: the OAuth token endpoint (authorization-code and refresh grants,
-//! rotating refresh tokens with reuse detection), `accessible-resources`, `/myself`, and the
-//! Jira issue API with 429 injection. Counters let tests assert how often tokens were refreshed.
+//! rotating refresh tokens with reuse detection), `accessible-resources`, `/myself`, the Jira
+//! issue API with 429 injection, and Jira's dynamic webhooks (register, list, refresh, delete in
+//! the shapes of the `dynamic_webhook_*.json` fixtures, per-entry errors, the limit of 5 per
+//! app, user and site, and deliveries to the registered URL with a JWT signed by the client
+//! secret and `matchedWebhookIds`). Counters let tests assert how often tokens were refreshed.
 //!
 //! Like Atlassian: one consent is one grant that lists several sites and has one rotating
 //! refresh token; refresh tokens rotate on every use; a rotated-out refresh token presented
@@ -49,6 +52,8 @@ struct FakeState {
     refresh_requests: AtomicUsize,
     /// Token requests that arrived (counted before any delay).
     token_requests: AtomicUsize,
+    /// Webhook refresh requests that arrived.
+    webhook_refreshes: AtomicUsize,
 }
 
 struct Inner {
@@ -84,7 +89,44 @@ struct Inner {
     access_tokens: HashMap<String, (u64, Instant)>,
     refresh_tokens: HashMap<String, (u64, Option<Instant>)>,
     next_grant: u64,
+    /// Dynamic webhooks, in registration order.
+    webhooks: Vec<FakeWebhook>,
+    next_webhook: i64,
 }
+
+/// A dynamic webhook registered at the fake.
+#[derive(Debug, Clone)]
+pub struct FakeWebhook {
+    /// Jira's id.
+    pub id: i64,
+    /// The site.
+    pub cloud_id: String,
+    /// The account whose token registered it.
+    pub account: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// Its events.
+    pub events: Vec<String>,
+    /// Its JQL filter.
+    pub jql_filter: String,
+    /// Expiry, epoch milliseconds.
+    pub expiration_ms: i64,
+}
+
+/// The events the fake (like Jira) allows for dynamic webhooks.
+const DYNAMIC_EVENTS: &[&str] = &[
+    "jira:issue_created",
+    "jira:issue_updated",
+    "jira:issue_deleted",
+    "comment_created",
+    "comment_updated",
+    "comment_deleted",
+    "issue_property_set",
+    "issue_property_deleted",
+];
+
+/// Jira's lifetime of a dynamic webhook.
+const WEBHOOK_LIFETIME_MS: i64 = 30 * 86_400 * 1000;
 
 impl Default for Inner {
     fn default() -> Self {
@@ -111,6 +153,9 @@ impl Default for Inner {
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
             next_grant: 1,
+            webhooks: Vec::new(),
+            // The ids of the fixtures.
+            next_webhook: 7731,
         }
     }
 }
@@ -209,6 +254,16 @@ impl FakeAtlassian {
             )
             .at("/ex/jira/:cloud_id/rest/api/3/issue/:key", get(issue))
             .at("/ex/jira/:cloud_id/rest/api/3/myself", get(myself))
+            .at(
+                "/ex/jira/:cloud_id/rest/api/3/webhook",
+                get(list_webhooks)
+                    .post(register_webhooks)
+                    .delete(delete_webhooks),
+            )
+            .at(
+                "/ex/jira/:cloud_id/rest/api/3/webhook/refresh",
+                poem::put(refresh_webhooks),
+            )
             .data(state.clone());
         let server = tokio::spawn(async move {
             let _ = Server::new_with_acceptor(acceptor).run(app).await;
@@ -387,6 +442,73 @@ impl FakeAtlassian {
     /// How many issue requests arrived.
     pub fn issue_requests(&self) -> usize {
         self.state.issue_requests.load(Ordering::SeqCst)
+    }
+
+    /// The dynamic webhooks registered at the fake, in registration order.
+    pub fn webhooks(&self) -> Vec<FakeWebhook> {
+        self.inner().webhooks.clone()
+    }
+
+    /// Deletes webhook `id` as a person could at Jira (hookline is not told).
+    pub fn forget_webhook(&self, id: i64) {
+        self.inner().webhooks.retain(|webhook| webhook.id != id);
+    }
+
+    /// How many webhook refresh requests arrived.
+    pub fn webhook_refreshes(&self) -> usize {
+        self.state.webhook_refreshes.load(Ordering::SeqCst)
+    }
+
+    /// What Jira does when an event happens: posts `body` (a fixture's bytes) to the URL of every
+    /// dynamic webhook that has its `webhookEvent`, with `matchedWebhookIds` set to the matching
+    /// webhooks of that URL and `Authorization: Bearer <JWT>` signed HS256 with the client
+    /// secret. Returns the answers' statuses, one per URL.
+    pub async fn deliver_event(&self, body: &[u8]) -> Vec<u16> {
+        self.deliver_event_signed(body, CLIENT_SECRET.as_bytes())
+            .await
+    }
+
+    /// Like [`FakeAtlassian::deliver_event`], with the JWT signed with `secret`.
+    pub async fn deliver_event_signed(&self, body: &[u8], secret: &[u8]) -> Vec<u16> {
+        let event: serde_json::Value = serde_json::from_slice(body).expect("a JSON fixture");
+        let name = event["webhookEvent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut by_url: Vec<(String, Vec<i64>)> = Vec::new();
+        for webhook in self.webhooks() {
+            if !webhook.events.contains(&name) {
+                continue;
+            }
+            match by_url.iter_mut().find(|(url, _)| *url == webhook.url) {
+                Some((_, ids)) => ids.push(webhook.id),
+                None => by_url.push((webhook.url.clone(), vec![webhook.id])),
+            }
+        }
+        let now = chrono::Utc::now().timestamp();
+        let token =
+            plugins::jira::jwt::sign(secret, &serde_json::json!({ "iat": now, "exp": now + 300 }));
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        for (url, ids) in by_url {
+            let mut event = event.clone();
+            event["matchedWebhookIds"] = serde_json::json!(ids);
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json; charset=utf-8")
+                .header("authorization", format!("Bearer {token}"))
+                .header(
+                    "x-atlassian-webhook-identifier",
+                    uuid::Uuid::new_v4().to_string(),
+                )
+                .header("x-atlassian-webhook-flow", "Primary")
+                .body(event.to_string())
+                .send()
+                .await
+                .expect("delivery to the registered URL");
+            statuses.push(response.status().as_u16());
+        }
+        statuses
     }
 
     /// Every access token currently valid (tests look for them in the database).
@@ -706,4 +828,203 @@ async fn issue(
             fixtures::json("rest_error_404_issue_body.json"),
         )
     }
+}
+
+/// The account of a token valid for `cloud_id` (None: Jira answers 401).
+fn webhook_caller(req: &Request, inner: &Inner, cloud_id: &str) -> Option<String> {
+    inner
+        .access_grant(&bearer(req))
+        .filter(|grant| grant.lists(cloud_id))
+        .map(|grant| grant.account.clone())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `POST /rest/api/3/webhook`: per-entry results, 200 even when an entry failed (as
+/// `dynamic_webhook_register_response.json`).
+#[handler]
+async fn register_webhooks(
+    req: &Request,
+    Path(cloud_id): Path<String>,
+    body: Body,
+    state: Data<&Arc<FakeState>>,
+) -> Response {
+    let body: serde_json::Value =
+        serde_json::from_slice(&body.into_vec().await.unwrap_or_default()).unwrap_or_default();
+    let mut inner = state.inner.lock().expect("fake state");
+    let Some(account) = webhook_caller(req, &inner, &cloud_id) else {
+        return unauthorized();
+    };
+    let Some(url) = body["url"].as_str().map(str::to_owned) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"errorMessages": ["url is required"], "errors": {}}),
+        );
+    };
+    let entries = body["webhooks"].as_array().cloned().unwrap_or_default();
+    let mut results = Vec::new();
+    for entry in entries {
+        let events: Vec<String> = entry["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter_map(|event| event.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let jql = entry["jqlFilter"].as_str().unwrap_or_default().to_owned();
+        let registered = inner
+            .webhooks
+            .iter()
+            .filter(|webhook| webhook.cloud_id == cloud_id && webhook.account == account)
+            .count();
+        let mut errors = Vec::new();
+        if let Some(event) = events
+            .iter()
+            .find(|event| !DYNAMIC_EVENTS.contains(&event.as_str()))
+        {
+            errors.push(format!("Event {event} is not supported"));
+        }
+        if jql.trim().is_empty() {
+            errors.push("JQL filter is required".to_owned());
+        } else if jql.contains(" is not ") {
+            // As in dynamic_webhook_register_response.json.
+            errors.push("Operator is not is unsupported".to_owned());
+        }
+        if registered >= 5 {
+            errors.push(
+                "The app has reached the limit of 5 webhooks per user on this site".to_owned(),
+            );
+        }
+        if errors.is_empty() {
+            let id = inner.next_webhook;
+            inner.next_webhook += 1;
+            inner.webhooks.push(FakeWebhook {
+                id,
+                cloud_id: cloud_id.clone(),
+                account: account.clone(),
+                url: url.clone(),
+                events,
+                jql_filter: jql,
+                expiration_ms: now_ms() + WEBHOOK_LIFETIME_MS,
+            });
+            results.push(serde_json::json!({ "createdWebhookId": id }));
+        } else {
+            results.push(serde_json::json!({ "errors": errors }));
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "webhookRegistrationResult": results }),
+    )
+}
+
+/// `GET /rest/api/3/webhook`: the caller's webhooks of the site, paged (as
+/// `dynamic_webhook_list_response.json`).
+#[handler]
+fn list_webhooks(
+    req: &Request,
+    Path(cloud_id): Path<String>,
+    state: Data<&Arc<FakeState>>,
+) -> Response {
+    let inner = state.inner.lock().expect("fake state");
+    let Some(account) = webhook_caller(req, &inner, &cloud_id) else {
+        return unauthorized();
+    };
+    let query: HashMap<String, String> = reqwest::Url::parse(&format!("http://fake{}", req.uri()))
+        .map(|url| url.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    let start: usize = query
+        .get("startAt")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let max: usize = query
+        .get("maxResults")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mine: Vec<&FakeWebhook> = inner
+        .webhooks
+        .iter()
+        .filter(|webhook| webhook.cloud_id == cloud_id && webhook.account == account)
+        .collect();
+    let values: Vec<serde_json::Value> = mine
+        .iter()
+        .skip(start)
+        .take(max)
+        .map(|webhook| {
+            serde_json::json!({
+                "id": webhook.id,
+                "events": webhook.events,
+                "jqlFilter": webhook.jql_filter,
+                "expirationDate": webhook.expiration_ms,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({
+            "isLast": start + values.len() >= mine.len(),
+            "maxResults": max,
+            "startAt": start,
+            "total": mine.len(),
+            "values": values,
+        }),
+    )
+}
+
+fn webhook_ids(body: &[u8]) -> Vec<i64> {
+    serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default()["webhookIds"]
+        .as_array()
+        .map(|ids| ids.iter().filter_map(serde_json::Value::as_i64).collect())
+        .unwrap_or_default()
+}
+
+/// `PUT /rest/api/3/webhook/refresh`: extends the caller's webhooks of those ids (unknown ids
+/// are ignored, as Jira does) and answers the new expiry (as
+/// `dynamic_webhook_refresh_response.json`).
+#[handler]
+async fn refresh_webhooks(
+    req: &Request,
+    Path(cloud_id): Path<String>,
+    body: Body,
+    state: Data<&Arc<FakeState>>,
+) -> Response {
+    let ids = webhook_ids(&body.into_vec().await.unwrap_or_default());
+    state.webhook_refreshes.fetch_add(1, Ordering::SeqCst);
+    let mut inner = state.inner.lock().expect("fake state");
+    let Some(account) = webhook_caller(req, &inner, &cloud_id) else {
+        return unauthorized();
+    };
+    let expiration = now_ms() + WEBHOOK_LIFETIME_MS;
+    for webhook in inner.webhooks.iter_mut().filter(|webhook| {
+        webhook.cloud_id == cloud_id && webhook.account == account && ids.contains(&webhook.id)
+    }) {
+        webhook.expiration_ms = expiration;
+    }
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "expirationDate": expiration }),
+    )
+}
+
+/// `DELETE /rest/api/3/webhook` with `{"webhookIds": [...]}`: 202.
+#[handler]
+async fn delete_webhooks(
+    req: &Request,
+    Path(cloud_id): Path<String>,
+    body: Body,
+    state: Data<&Arc<FakeState>>,
+) -> Response {
+    let ids = webhook_ids(&body.into_vec().await.unwrap_or_default());
+    let mut inner = state.inner.lock().expect("fake state");
+    let Some(account) = webhook_caller(req, &inner, &cloud_id) else {
+        return unauthorized();
+    };
+    inner.webhooks.retain(|webhook| {
+        !(webhook.cloud_id == cloud_id && webhook.account == account && ids.contains(&webhook.id))
+    });
+    Response::builder().status(StatusCode::ACCEPTED).finish()
 }

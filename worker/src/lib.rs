@@ -10,6 +10,7 @@ pub mod enqueue;
 pub mod enrichment;
 pub mod envelope;
 pub mod janitor;
+pub mod jira_webhook_renewal;
 pub mod jobs;
 pub mod matching;
 pub mod periodic;
@@ -80,6 +81,11 @@ pub struct WorkerSettings {
     /// An event claimed more often than this (its processing failed or killed its worker each
     /// time) ends `failed` with its last error.
     pub poison_attempts: i32,
+    /// Dynamic Jira webhooks expiring within this time are renewed (Jira expires them 30
+    /// days after their registration or last refresh).
+    pub jira_webhook_renewal_margin: Duration,
+    /// How often the renewal of dynamic Jira webhooks runs, across all workers together.
+    pub jira_webhook_renewal_interval: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -106,6 +112,8 @@ impl Default for WorkerSettings {
             deliver_batch_size: 64,
             enrichment_concurrency: 32,
             poison_attempts: 5,
+            jira_webhook_renewal_margin: Duration::from_secs(10 * 86_400),
+            jira_webhook_renewal_interval: Duration::from_secs(3600),
         }
     }
 }

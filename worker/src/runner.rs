@@ -139,6 +139,10 @@ pub async fn run_workers(
     let sampler = tokio::spawn(sampler::run(ctx.clone(), stop_rx.clone()));
     let _token_keeper = tokio::spawn(crate::token_keeper::run(ctx.clone(), stop_rx.clone()));
     let _retention = tokio::spawn(crate::retention::run(ctx.clone(), stop_rx.clone()));
+    let _renewal = tokio::spawn(crate::jira_webhook_renewal::run(
+        ctx.clone(),
+        stop_rx.clone(),
+    ));
 
     let mut workers = tokio::task::JoinSet::new();
     if let JobQueue::Redis { client, .. } = &ctx.queue {

@@ -1,6 +1,7 @@
 //! `/connections`: the company's Jira sites with their webhook URLs and status; `Connect Jira`
-//! (the OAuth flow), registering a site without OAuth, deleting one, and, in the embedded mode
-//! without an Atlassian app, `Send a test event`.
+//! (the OAuth flow), registering a site without OAuth, deleting one, the dynamic webhooks of an
+//! OAuth site (`console/jira_webhooks.rs`), and, in the embedded mode without an Atlassian app,
+//! `Send a test event`.
 
 use maud::{Markup, html};
 use poem::web::{Data, Form, Path, Query};
@@ -9,6 +10,7 @@ use serde::Deserialize;
 
 use crate::connect_flow;
 use crate::console::connected::{ConnectedSite, connected_page};
+use crate::console::jira_webhooks;
 use crate::console::layout::{self, OrErrorPage as _, Section, Viewer};
 use crate::console::notice::Notice;
 use crate::console::session::{self, CompanySession};
@@ -18,6 +20,7 @@ use crate::routes::connections::{
     ConnectionIn, ConnectionOut, delete_connection, find_connection, list_connections,
     register_connection,
 };
+use crate::routes::jira_webhooks::{JiraWebhookOut, list_webhooks};
 use crate::routes::page::{MAX_PAGE, Page};
 use crate::routes::webhook::ingest;
 use crate::state::AppState;
@@ -58,8 +61,18 @@ pub async fn connections_page(
 ) -> poem::Result<Response> {
     let session = session::require_company(&state, req).await?;
     let notice = Notice::parse(query.notice.as_deref());
-    let page = render(&state, &session, notice.map(Notice::text), None, None).await?;
+    let page = render(&state, &session, notice.map(Notice::text), None, None, None).await?;
     Ok(layout::html_response(page))
+}
+
+/// The page with `webhook_error` (a connection and why registering its dynamic webhook was
+/// refused) shown on that connection's card.
+pub(super) async fn render_page(
+    state: &AppState,
+    session: &CompanySession,
+    webhook_error: Option<(uuid::Uuid, &str)>,
+) -> poem::Result<Markup> {
+    render(state, session, None, None, None, webhook_error).await
 }
 
 /// `POST /connections/connect`: starts the OAuth flow and sends the browser to Atlassian.
@@ -127,7 +140,7 @@ pub async fn register(
                 }
                 other => other.body().detail.clone(),
             };
-            let page = render(&state, &session, None, Some(&detail), Some(&form)).await?;
+            let page = render(&state, &session, None, Some(&detail), Some(&form), None).await?;
             Ok(layout::html_with_status(
                 poem::http::StatusCode::UNPROCESSABLE_ENTITY,
                 page,
@@ -222,6 +235,7 @@ async fn render(
     notice: Option<&str>,
     error: Option<&str>,
     form: Option<&RegisterForm>,
+    webhook_error: Option<(uuid::Uuid, &str)>,
 ) -> poem::Result<Markup> {
     let connections = list_connections(
         state,
@@ -234,6 +248,18 @@ async fn render(
     .await
     .or_page()?
     .items;
+    let mut registrations = Vec::new();
+    for connection in &connections {
+        if connection.grant.is_some() {
+            registrations.push(
+                list_webhooks(state, session.company.id, connection.id)
+                    .await
+                    .or_page()?,
+            );
+        } else {
+            registrations.push(Vec::new());
+        }
+    }
     let oauth_configured = state.jira.tokens().oauth().is_some();
     let test_events = test_events_offered(state);
     let csrf = &session.csrf_token;
@@ -264,8 +290,9 @@ async fn render(
                 }
             }
         }
-        @for connection in &connections {
-            (connection_card(connection, csrf, oauth_configured, test_events))
+        @for (connection, registrations) in connections.iter().zip(&registrations) {
+            (connection_card(connection, registrations, csrf, oauth_configured, test_events,
+                webhook_error.filter(|(id, _)| *id == connection.id).map(|(_, error)| error)))
         }
         (register_card(csrf, error, form))
     };
@@ -293,9 +320,11 @@ fn connect_button(csrf: &str, oauth_configured: bool, label: &str) -> Markup {
 
 fn connection_card(
     connection: &ConnectionOut,
+    registrations: &[JiraWebhookOut],
     csrf: &str,
     oauth_configured: bool,
     test_events: bool,
+    webhook_error: Option<&str>,
 ) -> Markup {
     let id = connection.id;
     let through_oauth = connection.metadata.get("cloudId").is_some();
@@ -336,6 +365,9 @@ fn connection_card(
                     }
                 }
             }
+            @if connection.grant.is_some() {
+                (jira_webhooks::section(connection, registrations, csrf, webhook_error))
+            }
             div class="actions card-actions" {
                 a class="button" href={ "/events?connection=" (id) } { "Events" }
                 @if test_events {
@@ -346,7 +378,7 @@ fn connection_card(
                 }
                 details class="danger-zone" {
                     summary { "Delete…" }
-                    p { "The webhook URL stops accepting events at once; this site's events and deliveries are deleted." }
+                    p { "The webhook URL stops accepting events at once; this site's events and deliveries are deleted, and the webhooks hookline registered in Jira for it are deleted there." }
                     form method="post" action={ "/connections/" (id) "/delete" } class="inline" {
                         (layout::csrf_field(csrf))
                         button type="submit" class="button button-danger" { "Delete " (connection.external_name) }

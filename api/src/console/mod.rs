@@ -13,6 +13,7 @@ mod connections;
 mod dead_letters;
 mod deliveries;
 mod events;
+mod jira_webhooks;
 pub mod layout;
 mod names;
 mod notice;
@@ -48,6 +49,14 @@ pub fn mount(route: Route) -> Route {
         .at(
             "/connections/:id/test-event",
             post(connections::send_test_event),
+        )
+        .at(
+            "/connections/:id/jira-webhooks",
+            post(jira_webhooks::register),
+        )
+        .at(
+            "/connections/:id/jira-webhooks/:webhook_id/delete",
+            post(jira_webhooks::delete),
         )
         .at(
             "/subscriptions",

@@ -22,9 +22,13 @@ pub enum Notice {
     DeliveryRetried,
     /// Every dead delivery of a subscription was scheduled again.
     DeadRetried,
+    /// A dynamic webhook was registered in Jira.
+    JiraWebhookRegistered,
+    /// A dynamic webhook was deleted in Jira.
+    JiraWebhookDeleted,
 }
 
-const ALL: [Notice; 9] = [
+const ALL: [Notice; 11] = [
     Notice::ConnectionDeleted,
     Notice::TestEventSent,
     Notice::SubscriptionSaved,
@@ -34,6 +38,8 @@ const ALL: [Notice; 9] = [
     Notice::EventReplayed,
     Notice::DeliveryRetried,
     Notice::DeadRetried,
+    Notice::JiraWebhookRegistered,
+    Notice::JiraWebhookDeleted,
 ];
 
 impl Notice {
@@ -49,6 +55,8 @@ impl Notice {
             Self::EventReplayed => "event-replayed",
             Self::DeliveryRetried => "delivery-retried",
             Self::DeadRetried => "dead-retried",
+            Self::JiraWebhookRegistered => "jira-webhook-registered",
+            Self::JiraWebhookDeleted => "jira-webhook-deleted",
         }
     }
 
@@ -75,6 +83,10 @@ impl Notice {
             Self::DeadRetried => {
                 "Every dead delivery of the subscription is being attempted again."
             }
+            Self::JiraWebhookRegistered => {
+                "The webhook was registered in Jira; hookline renews it before it expires."
+            }
+            Self::JiraWebhookDeleted => "The webhook was deleted in Jira and here.",
         }
     }
 

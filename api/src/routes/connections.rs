@@ -65,8 +65,13 @@ pub struct ConnectionOut {
     pub grant: Option<GrantOut>,
     /// Where Jira must post this connection's webhooks.
     pub webhook_url: String,
-    /// Whether webhooks must carry `X-Hub-Signature`.
+    /// Whether webhooks must carry `X-Hub-Signature` (admin webhooks; deliveries of dynamic
+    /// webhooks carry a JWT instead).
     pub signed: bool,
+    /// Why a dynamic webhook hookline registered at Jira for the connection could not be
+    /// renewed (see `GET /api/v1/connections/{id}/jira/webhooks`); null while all are fine.
+    #[oai(nullable)]
+    pub webhook_problem: Option<String>,
     /// When the connection was created.
     pub created_at: DateTime<Utc>,
     /// When the connection last changed.
@@ -167,6 +172,7 @@ impl ConnectionOut {
             grant: grant.map(GrantOut::from),
             webhook_url: state.webhook_url(model.id),
             signed: model.webhook_secret.is_some(),
+            webhook_problem: None,
             id: model.id,
             plugin_id: model.plugin_id,
             external_id: model.external_id,
@@ -246,13 +252,17 @@ impl ConnectionApi {
             }
             None => None,
         };
-        Ok(Json(ConnectionOut::from_model(&state, model, grant)))
+        let mut connection = ConnectionOut::from_model(&state, model, grant);
+        with_webhook_problems(&state, auth.0.id, std::slice::from_mut(&mut connection)).await?;
+        Ok(Json(connection))
     }
 
     /// Delete a connection
     ///
     /// Its webhook URL stops accepting events at once; its events and deliveries are deleted.
-    /// Its OAuth grant goes too when no other site uses it.
+    /// Its OAuth grant goes too when no other site uses it. The dynamic webhooks hookline
+    /// registered for it are deleted at Jira first, best effort (one Jira could not delete
+    /// expires there within 30 days, since nothing renews it any more).
     #[oai(
         path = "/connections/:id",
         method = "delete",
@@ -352,19 +362,35 @@ pub(crate) async fn list_connections(
             .all(&state.db)
             .await?
     };
-    Ok(ConnectionList {
-        items: models
-            .into_iter()
-            .map(|model| {
-                let grant = grants
-                    .iter()
-                    .find(|grant| Some(grant.id) == model.grant_id)
-                    .cloned();
-                ConnectionOut::from_model(state, model, grant)
-            })
-            .collect(),
-        next_cursor,
-    })
+    let mut items: Vec<ConnectionOut> = models
+        .into_iter()
+        .map(|model| {
+            let grant = grants
+                .iter()
+                .find(|grant| Some(grant.id) == model.grant_id)
+                .cloned();
+            ConnectionOut::from_model(state, model, grant)
+        })
+        .collect();
+    with_webhook_problems(state, company_id, &mut items).await?;
+    Ok(ConnectionList { items, next_cursor })
+}
+
+/// Fills in `webhook_problem` of `company_id`'s `connections` (one query for all of them).
+async fn with_webhook_problems(
+    state: &AppState,
+    company_id: Uuid,
+    connections: &mut [ConnectionOut],
+) -> ApiResult<()> {
+    let ids: Vec<Uuid> = connections.iter().map(|connection| connection.id).collect();
+    let problems = crate::routes::jira_webhooks::webhook_problems(state, company_id, &ids).await?;
+    for connection in connections {
+        connection.webhook_problem = problems
+            .iter()
+            .find(|(id, _)| *id == connection.id)
+            .map(|(_, problem)| problem.clone());
+    }
+    Ok(())
 }
 
 /// Deletes `company_id`'s connection `id` with its events and deliveries (and its OAuth grant
@@ -376,6 +402,8 @@ pub(crate) async fn delete_connection(
 ) -> ApiResult<()> {
     let model = find_connection(state, company_id, id).await?;
     let connection_id = model.id;
+    // While the grant still exists: it goes with its last site.
+    crate::routes::jira_webhooks::delete_all_at_jira(state, &model).await;
     let txn = state.db.begin().await?;
     model.delete(&txn).await?;
     crate::consent::delete_grants_without_sites(&txn, company_id).await?;

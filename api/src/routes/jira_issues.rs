@@ -67,7 +67,7 @@ impl JiraIssueApi {
             .jira
             .get_issue(connection.id, cloud_id, &key, fields.0.as_deref())
             .await
-            .map_err(map_error)?;
+            .map_err(map_jira_error)?;
         Ok(JiraIssueResponse::Ok(Json(issue)))
     }
 }
@@ -79,8 +79,9 @@ fn reauth_required() -> ApiError {
     )
 }
 
+/// The answer for a failed Jira call (the read-through's and the dynamic webhooks').
 #[track_caller]
-fn map_error(error: JiraError) -> ApiError {
+pub(crate) fn map_jira_error(error: JiraError) -> ApiError {
     match error {
         JiraError::NotFound => ApiError::not_found("issue"),
         JiraError::InvalidKey(key) => {

@@ -6,6 +6,7 @@ pub mod deliveries;
 pub mod events;
 pub mod health;
 pub mod jira_issues;
+pub mod jira_webhooks;
 pub mod oauth;
 pub(crate) mod page;
 pub mod subscriptions;
@@ -30,7 +31,8 @@ pub enum ApiTags {
     Deliveries,
     /// Health, readiness and metrics.
     Operations,
-    /// Jira data read through a connection's OAuth token.
+    /// Jira data read through a connection's OAuth token, and the dynamic webhooks registered
+    /// with it.
     Jira,
 }
 
@@ -43,6 +45,7 @@ pub type Apis = (
     health::HealthApi,
     oauth::OAuthApi,
     jira_issues::JiraIssueApi,
+    jira_webhooks::JiraWebhookApi,
     subscriptions::SubscriptionApi,
     deliveries::DeliveryApi,
 );
@@ -57,6 +60,7 @@ pub fn apis() -> Apis {
         health::HealthApi,
         oauth::OAuthApi,
         jira_issues::JiraIssueApi,
+        jira_webhooks::JiraWebhookApi,
         subscriptions::SubscriptionApi,
         deliveries::DeliveryApi,
     )

@@ -2,7 +2,8 @@
 //!
 //! The hot path does as little as it can: find the connection (cached) before a byte of the
 //! body is read, read the body once into the row's buffer (within the size limit, the process'
-//! budget of body bytes and the floor rate), check the signature, check that the body is one
+//! budget of body bytes and the floor rate), check the signature (`X-Hub-Signature` of admin
+//! webhooks, or the JWT and `matchedWebhookIds` of dynamic ones), check that the body is one
 //! JSON object without building it, one `INSERT … ON CONFLICT DO NOTHING` (group commit),
 //! answer. Parsing happens in the worker.
 
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 
 use chrono::Utc;
 use entity::webhook_event::{self, status};
+use plugins::jira::jwt;
 use plugins::jira::webhook as jira_webhook;
 use poem::Request;
 use poem_openapi::param::Path;
@@ -63,7 +65,11 @@ impl WebhookApi {
     /// Jira posts events of one connection here. The body is recorded exactly as received and
     /// the answer is immediate; processing and delivery happen in the workers. When the
     /// connection has a webhook secret, `X-Hub-Signature: sha256=<hex>` (HMAC-SHA256 of the raw
-    /// body) is required; a signed body that is not one JSON object is refused with 400. A
+    /// body) is required of admin webhooks. Deliveries of dynamic webhooks (registered by
+    /// hookline) carry `Authorization: Bearer <JWT>` instead: HS256-signed with the app's
+    /// client secret, not expired, and their `matchedWebhookIds` must name a webhook hookline
+    /// registered for this connection; else 401. A signed body that is not one JSON object is
+    /// refused with 400. A
     /// delivery seen before (same `X-Atlassian-Webhook-Identifier`, or the same body without
     /// one) is answered with the earlier event id and `duplicate: true`.
     ///
@@ -157,7 +163,16 @@ pub(crate) async fn ingest(
     .map_err(body_error)?;
 
     let signature = header_str(req, jira_webhook::SIGNATURE_HEADER);
-    if let Some(secret) = &connection.webhook_secret
+    // A dynamic webhook (registered by hookline through OAuth) is authenticated by a JWT and
+    // its `matchedWebhookIds` instead of `X-Hub-Signature`; admin webhooks keep the latter.
+    let bearer = if signature.is_none() {
+        bearer_token(req)
+    } else {
+        None
+    };
+    if let Some(token) = bearer {
+        connection = verify_dynamic_delivery(state, connection, token, &body).await?;
+    } else if let Some(secret) = &connection.webhook_secret
         && let Err(error) = jira_webhook::verify_signature(secret.expose_secret(), &body, signature)
     {
         // The cached secret may be stale: check once more against the stored one.
@@ -240,6 +255,93 @@ pub(crate) async fn ingest(
         event_id,
         duplicate: false,
     })
+}
+
+/// Leeway for the `exp` of a dynamic delivery's JWT (clock skew between Jira and us).
+const JWT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Checks a dynamic webhook delivery: the bearer JWT must be HS256-signed with the app's client
+/// secret (`JIRA_CLIENT_SECRET`) and not expired, and `matchedWebhookIds` must name a webhook
+/// hookline registered for this connection (Jira's ids are per site, so they are matched with
+/// the connection). The cached ids are read again once before a delivery is refused.
+async fn verify_dynamic_delivery(
+    state: &AppState,
+    connection: std::sync::Arc<crate::connection_cache::IngestConnection>,
+    token: &str,
+    body: &[u8],
+) -> ApiResult<std::sync::Arc<crate::connection_cache::IngestConnection>> {
+    let Some(oauth) = state.jira.tokens().oauth() else {
+        return Err(ApiError::unauthorized(
+            "a bearer token was sent, but this deployment has no Atlassian app              (JIRA_CLIENT_SECRET) to verify dynamic webhook deliveries with",
+        ));
+    };
+    jwt::verify(
+        token,
+        oauth.config().client_secret.as_bytes(),
+        Utc::now(),
+        JWT_LEEWAY,
+    )
+    .map_err(|error| ApiError::unauthorized(error.to_string()))?;
+    let matched = matched_webhook_ids(body);
+    if matched.is_empty() {
+        return Err(ApiError::unauthorized(
+            "a delivery with a bearer JWT must carry matchedWebhookIds (a dynamic webhook's              delivery)",
+        ));
+    }
+    let names_ours = |connection: &crate::connection_cache::IngestConnection| {
+        matched
+            .iter()
+            .any(|id| connection.dynamic_webhook_ids.contains(id))
+    };
+    if names_ours(&connection) {
+        return Ok(connection);
+    }
+    let connection = state
+        .connections
+        .reload(&state.db, &state.cipher, connection.id)
+        .await
+        .map_err(lookup_error)?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    if names_ours(&connection) {
+        Ok(connection)
+    } else {
+        Err(ApiError::unauthorized(
+            "matchedWebhookIds names no webhook hookline registered for this connection",
+        ))
+    }
+}
+
+/// The ids in the body's `matchedWebhookIds` (numbers, or numbers as text); empty when there
+/// are none or the body is not a JSON object.
+fn matched_webhook_ids(body: &[u8]) -> Vec<i64> {
+    #[derive(serde::Deserialize)]
+    struct Matched {
+        #[serde(rename = "matchedWebhookIds", default)]
+        ids: Vec<serde_json::Value>,
+    }
+    serde_json::from_slice::<Matched>(body)
+        .map(|matched| {
+            matched
+                .ids
+                .iter()
+                .filter_map(|id| match id {
+                    serde_json::Value::Number(number) => number.as_i64(),
+                    serde_json::Value::String(text) => text.trim().parse().ok(),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(req: &Request) -> Option<&str> {
+    let value = header_str(req, "authorization")?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// The request's `Content-Length`, unless its body is chunked.

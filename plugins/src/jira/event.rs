@@ -1,4 +1,4 @@
-//! Jira webhook payloads parsed into typed events (DESIGN §4 "ProcessEvent").
+//! Jira webhook payloads parsed into typed events (DESIGN §4 "ProcessEvents").
 //!
 //! Parsing reads the payload as a JSON tree and picks fields out of it with total accessors:
 //! a field of an unexpected type counts as absent instead of failing the whole event, ids are

@@ -1,6 +1,8 @@
 //! The Jira Cloud plugin.
 
+pub mod dynamic_webhooks;
 pub mod event;
+pub mod jwt;
 pub mod oauth;
 pub mod rest;
 pub mod token_manager;

@@ -44,9 +44,10 @@ pub enum JiraError {
 /// A Jira REST client for OAuth connections. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JiraClient {
-    http: reqwest::Client,
-    api_url: String,
-    tokens: TokenManager,
+    pub(crate) http: reqwest::Client,
+    /// The gateway's base URL, without a trailing slash.
+    pub(crate) api_url: String,
+    pub(crate) tokens: TokenManager,
 }
 
 impl JiraClient {

@@ -552,7 +552,7 @@ fn delivery_section(report: &mut Report, sent: &[Sent], received: &subscriber::R
     }
 }
 
-/// When the ProcessEvent stage and the deliveries finished, from the rows (worker clocks).
+/// When the ProcessEvents stage and the deliveries finished, from the rows (worker clocks).
 async fn drain_timeline(
     report: &mut Report,
     stack: &Stack,
@@ -587,7 +587,7 @@ async fn drain_timeline(
     );
     report.line(format!(
         "timeline from the worker's start (rows): first event processed at {first:.2} s, all \
-         processed at {processed:.1} s ({:.0} events/s through ProcessEvent), last delivery at \
+         processed at {processed:.1} s ({:.0} events/s through ProcessEvents), last delivery at \
          {delivered:.1} s",
         accepted as f64 / processed.max(f64::EPSILON)
     ));

@@ -1,4 +1,4 @@
-//! Enrichment through the Jira REST API against the fake Atlassian (DESIGN §4 "ProcessEvent").
+//! Enrichment through the Jira REST API against the fake Atlassian (DESIGN §4 "ProcessEvents").
 
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ async fn oauth_connection(app: &TestApp, fake: &FakeAtlassian) -> (Uuid, String,
     panic!("no connection to the fake's site");
 }
 
-/// Posts `body` and runs ProcessEvent on it directly; returns the event's `data.enrichment`.
+/// Posts `body` and runs ProcessEvents on it directly; returns the event's `data.enrichment`.
 async fn enrichment_of(app: &TestApp, url: &str, secret: &str, body: &[u8]) -> serde_json::Value {
     let out: serde_json::Value = post_webhook(app, url, body, Some(secret), None)
         .await

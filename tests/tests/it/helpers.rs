@@ -66,7 +66,7 @@ pub async fn event_count(app: &TestApp, connection_id: Uuid) -> u64 {
         .expect("count")
 }
 
-/// How many `ProcessEvent` jobs wait in this environment's queue.
+/// How many `ProcessEvents` jobs wait in this environment's queue.
 pub async fn queued_process_event_jobs(env: &TestEnv, app: &TestApp) -> u64 {
     let queue = format!("{}:process_events", env.queue_prefix);
     match env.backend {
@@ -294,7 +294,7 @@ pub async fn create_subscription(app: &TestApp, api_key: &str, url: &str) -> ser
 }
 
 /// Records a processed event and a pending delivery of it to `subscription_id` directly through
-/// the entities (as ProcessEvent would), and pushes `Deliver`. Returns (event id, delivery id).
+/// the entities (as ProcessEvents would), and pushes `Deliver`. Returns (event id, delivery id).
 pub async fn event_with_delivery(
     app: &TestApp,
     connection: &serde_json::Value,

@@ -1,4 +1,4 @@
-//! The `ProcessEvent` job's claim rules and the sweeper (DESIGN §1).
+//! The `ProcessEvents` job's claim rules and the sweeper (DESIGN §1).
 
 use std::time::Duration;
 
