@@ -400,7 +400,9 @@ async fn a_slow_jira_read_and_a_hanging_subscriber_hold_back_nobody(backend: Bac
 
 async fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice(backend: Backend) {
     let Some((fake, env, app, connection, company)) = start_with_workers(backend, |settings| {
+        // A claim's lease is the lease plus the enrichment budget: 3 s here.
         settings.lease = Duration::from_secs(1);
+        settings.enrichment_budget = Duration::from_secs(2);
     })
     .await
     else {
@@ -416,6 +418,17 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice(backend:
         let key = format!("ORB-{}", 400 + i);
         ids.push(record_event(&app, connection, &issue_event(&key), &format!("k:{i}")).await);
     }
+    // No job was pushed for these rows: a long grace keeps the sweeper from enqueueing them
+    // before the batch below claims them.
+    entity::webhook_event::Entity::update_many()
+        .col_expr(
+            entity::webhook_event::Column::LockedUntil,
+            Expr::value(chrono::Utc::now() + chrono::Duration::minutes(10)),
+        )
+        .filter(entity::webhook_event::Column::Id.is_in(ids.clone()))
+        .exec(&app.db)
+        .await
+        .expect("extend the grace");
     let ctx = app.job_context.clone();
     let batch = ids.clone();
     let dying = tokio::spawn(async move { process_events::run(&ctx, &batch).await });
@@ -429,8 +442,15 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice(backend:
     fake.set_issue_delay(Duration::ZERO);
     // The workers' sweeper hands the batch out again once the lease expires.
     for &id in &ids {
-        let processed = wait_processed(&app, id).await;
-        assert_eq!(processed.status, "processed");
+        let processed = wait_until(
+            Duration::from_secs(60),
+            "the event is processed",
+            || async {
+                let stored = event(&app, id).await;
+                (stored.status == "processed").then_some(stored)
+            },
+        )
+        .await;
         assert_eq!(
             processed.attempts, 2,
             "claimed by the dead run, then by the next one"

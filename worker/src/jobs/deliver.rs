@@ -613,6 +613,8 @@ async fn record_postgres(
     rows: &[AttemptRow],
     now: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<Uuid>, DbErr> {
+    // `id = ANY($2)` beside the join lets Postgres find the rows by primary key; with the
+    // join alone it hashed the whole table against the unnest (~4,500 rows read per event).
     let update = Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         "UPDATE delivery AS d SET status = u.status, \
@@ -623,7 +625,8 @@ async fn record_postgres(
          FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], $6::text[], \
                      $7::text[], $8::text[], $9::text[]) \
            AS u(id, attempts, status, next_attempt_at, locked_until, status_code, error, delivered_at) \
-         WHERE d.id = u.id AND d.status = 'in_flight' AND d.attempts = u.attempts \
+         WHERE d.id = u.id AND d.id = ANY($2) \
+           AND d.status = 'in_flight' AND d.attempts = u.attempts \
          RETURNING d.id",
         [
             now.into(),
