@@ -76,17 +76,6 @@ pub enum Outcome {
     Dead,
 }
 
-impl Outcome {
-    /// The label used in metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Dead => "dead",
-        }
-    }
-}
-
 /// What one run of the job did, for logs, metrics and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOutcome {
