@@ -132,6 +132,13 @@ pub const FAMILIES: &[Family] = &[
         series: JOBS,
     },
     Family {
+        name: "hookline_process_events_batch_events",
+        kind: Kind::Histogram,
+        help: "Events per ProcessEvents batch, after merging the jobs a worker runs at once",
+        unit: None,
+        series: NO_LABELS,
+    },
+    Family {
         name: "hookline_events_processed_total",
         kind: Kind::Counter,
         help: "Events handled by ProcessEvents batches, by outcome",

@@ -82,6 +82,17 @@ impl Application {
             }
         }
         let queue = connect_queue(&settings, &db).await?;
+        if role != Role::Worker {
+            // Jobs are about to be pushed: the sweeper's marker must exist first, or a worker's
+            // first sweep would take the queue for one that lost its jobs and enqueue every
+            // waiting event a second time.
+            if let Err(error) = queue.mark_alive().await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not write the queue's marker key; the first sweep may enqueue waiting events twice"
+                );
+            }
+        }
 
         let (acceptor, local_addr) = if role == Role::Worker {
             (None, None)
@@ -168,6 +179,7 @@ impl Application {
                 },
             )?,
             subscriptions: Arc::default(),
+            event_batches: Arc::default(),
         };
         Ok(Self {
             role,

@@ -28,7 +28,7 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
         36000.0,
     ];
-    let batch_row_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+    let batch_row_buckets = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
     let handle = PrometheusBuilder::new()
         .set_buckets(&buckets)?
         .set_buckets_for_metric(
@@ -37,6 +37,10 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
         )?
         .set_buckets_for_metric(
             Matcher::Full("hookline_ingest_batch_rows".into()),
+            &batch_row_buckets,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("hookline_process_events_batch_events".into()),
             &batch_row_buckets,
         )?
         .install_recorder()

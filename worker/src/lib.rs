@@ -9,6 +9,7 @@ pub mod destination;
 pub mod enqueue;
 pub mod enrichment;
 pub mod envelope;
+pub mod event_batches;
 pub mod janitor;
 pub mod jira_webhook_renewal;
 pub mod jobs;

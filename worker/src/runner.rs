@@ -38,6 +38,8 @@ pub struct JobContext {
     pub subscriber_client: reqwest::Client,
     /// Subscriptions per company, shared by the batches of this process.
     pub subscriptions: Arc<crate::subscription_cache::SubscriptionCache>,
+    /// Merges the `ProcessEvents` jobs running at once in this process into one batch.
+    pub event_batches: Arc<crate::event_batches::EventBatches>,
 }
 
 /// Spawns, on `$tasks`, the supervised worker of one job type for whichever backend the queue

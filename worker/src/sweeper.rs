@@ -9,8 +9,8 @@
 //! A due row is not necessarily lost: during a backlog its job is simply still waiting in the
 //! queue. So the sweeper re-enqueues due rows only when
 //! - the stage's queue has no job ready to run (whatever is due then has no job waiting), or
-//! - the queue lost everything since the last sweep (a marker key the sweeper keeps in Redis is
-//!   gone): then every unfinished row not held by a live claim is enqueued at once, grace or
+//! - the queue lost everything since the last sweep (a marker key the sweeper keeps in Redis,
+//!   and the API writes when it starts, is gone): then every unfinished row not held by a live claim is enqueued at once, grace or
 //!   not, so a Redis restart delays nothing by more than a sweep interval.
 //!
 //! Rows are released with a conditional UPDATE that moves `locked_until` forward, so several

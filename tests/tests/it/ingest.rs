@@ -462,9 +462,11 @@ async fn an_event_whose_job_was_lost_is_processed_once_the_sweeper_runs(backend:
         .expect("json");
     // The push follows the answer (the group commit answers first): wait for the job before
     // losing it, or the push would land after the loss.
-    tests::wait_until(Duration::from_secs(10), "the event's job is queued", || async {
-        (queued_process_event_jobs(&env, &app).await > 0).then_some(())
-    })
+    tests::wait_until(
+        Duration::from_secs(10),
+        "the event's job is queued",
+        || async { (queued_process_event_jobs(&env, &app).await > 0).then_some(()) },
+    )
     .await;
     lose_queued_jobs(&env, &app).await;
     assert_eq!(queued_process_event_jobs(&env, &app).await, 0);
