@@ -163,8 +163,9 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 
-    /// Most events in one `ProcessEvents` job: one claim, one commit and one queue job serve
-    /// them all. A batch is whatever arrived together, so an idle system still sends one.
+    /// Most events in one `ProcessEvents` job, and in one batch a worker merges from the jobs
+    /// it runs at once: one claim and one commit serve them all. A batch is whatever arrived
+    /// together, so an idle system still sends one.
     #[arg(long, env = "HOOKLINE_EVENT_BATCH_SIZE", default_value_t = 128)]
     pub event_batch_size: usize,
 

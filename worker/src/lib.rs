@@ -73,7 +73,8 @@ pub struct WorkerSettings {
     pub retention: Option<Duration>,
     /// How often retention pruning runs, across all workers together.
     pub retention_interval: Duration,
-    /// Most events in one `ProcessEvents` job (the ingest's and the sweeper's pushes).
+    /// Most events in one `ProcessEvents` job (the ingest's and the sweeper's pushes) and in
+    /// one batch merged by [`event_batches`].
     pub event_batch_size: usize,
     /// Most deliveries in one `Deliver` job.
     pub deliver_batch_size: usize,
