@@ -26,6 +26,7 @@ on_both_backends!(
     a_subscription_created_just_before_an_event_is_matched,
     the_sweeper_adds_no_job_for_a_row_whose_job_is_still_queued,
     a_poison_event_ends_failed_after_the_configured_attempts,
+    jobs_running_at_once_are_merged_into_one_batch,
 );
 
 /// The fixtures a batch is made of: several event families.
@@ -145,6 +146,84 @@ async fn batches_of_one_and_of_many_write_the_same_rows_and_bytes(backend: Backe
         stored.data.is_none(),
         "the parsed event is not stored a second time as JSON"
     );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Jobs a worker runs at once are processed as one batch (`worker::event_batches`), each job
+/// answered with the merged batch's outcome, and every event processed exactly once; a batch
+/// never exceeds the batch size.
+async fn jobs_running_at_once_are_merged_into_one_batch(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let (_, connection) = company_with_connection(&app).await;
+    let connection = connection_id(&connection);
+    let company = company_id_of(&app, connection).await;
+    three_subscriptions(&app, &company).await;
+    let ctx = app.job_context.clone();
+    let mut jobs = Vec::new();
+    for round in 0..3 {
+        let mut ids = Vec::new();
+        for name in FIXTURES {
+            let body = fixtures::bytes(name);
+            ids.push(record_event(&app, connection, &body, &format!("{round}:{name}")).await);
+        }
+        jobs.push(ids);
+    }
+    let total: usize = jobs.iter().map(Vec::len).sum();
+    // All three jobs join before the first one's gathering pause ends.
+    let outcomes = futures::future::join_all(
+        jobs.iter()
+            .map(|ids| ctx.event_batches.process(&ctx, ids.clone())),
+    )
+    .await;
+    for outcome in &outcomes {
+        let outcome = outcome.as_ref().expect("merged batch");
+        assert_eq!(
+            outcome.processed, total,
+            "one batch of all three jobs: {outcome:?}"
+        );
+    }
+    for id in jobs.iter().flatten() {
+        let stored = event(&app, *id).await;
+        assert_eq!(stored.status, "processed");
+        assert_eq!(stored.attempts, 1, "processed once");
+    }
+
+    // Past the batch size, the jobs left over make a batch of their own.
+    let mut small = (*ctx.settings).clone();
+    small.event_batch_size = FIXTURES.len();
+    let small_ctx = worker::JobContext {
+        settings: std::sync::Arc::new(small),
+        event_batches: std::sync::Arc::default(),
+        ..ctx.clone()
+    };
+    let mut jobs = Vec::new();
+    for round in 0..2 {
+        let mut ids = Vec::new();
+        for name in FIXTURES {
+            let body = fixtures::bytes(name);
+            ids.push(record_event(&app, connection, &body, &format!("small{round}:{name}")).await);
+        }
+        jobs.push(ids);
+    }
+    let outcomes = futures::future::join_all(
+        jobs.iter()
+            .map(|ids| small_ctx.event_batches.process(&small_ctx, ids.clone())),
+    )
+    .await;
+    for outcome in &outcomes {
+        let outcome = outcome.as_ref().expect("batch");
+        assert_eq!(
+            outcome.processed,
+            FIXTURES.len(),
+            "batches of one job each: {outcome:?}"
+        );
+    }
+    for id in jobs.iter().flatten() {
+        assert_eq!(event(&app, *id).await.status, "processed");
+    }
     app.stop().await;
     env.cleanup().await;
 }
