@@ -180,6 +180,13 @@ impl Application {
             )?,
             subscriptions: Arc::default(),
             event_batches: Arc::default(),
+            destinations: Arc::new(worker::destination::pool::DestinationPool::new(
+                worker::destination::broker::BrokerTimeouts {
+                    connect: settings.delivery_connect_timeout,
+                    publish: settings.delivery_timeout,
+                },
+                settings.private_targets_allowed(),
+            )),
         };
         Ok(Self {
             role,

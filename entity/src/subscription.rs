@@ -22,9 +22,17 @@ pub struct Model {
     /// Extra conditions an event must meet (e.g. project keys); `None` means none.
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub filters: Option<Json>,
-    /// The URL deliveries are POSTed to.
+    /// The URL deliveries are POSTed to (`http`); for a broker, its URL with the credentials
+    /// redacted, for display.
     #[sea_orm(column_type = "Text")]
     pub target_url: String,
+    /// Which kind of destination deliveries go to: `http`, `redis_stream`, `amqp` or `nats`.
+    #[sea_orm(column_type = "Text")]
+    pub destination_kind: String,
+    /// A broker destination's settings (JSON, credentials included), encrypted (ciphertext);
+    /// `None` for `http`, which uses `target_url`.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub destination: Option<String>,
     /// Signing secret (`whsec_…`), encrypted (ciphertext).
     #[sea_orm(column_type = "Text")]
     pub secret: String,

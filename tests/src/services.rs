@@ -1,4 +1,5 @@
-//! Which backends can run here: the embedded one always, Postgres + Redis when reachable.
+//! Which backends can run here: the embedded one always, Postgres + Redis when reachable; and
+//! the brokers of the destination suites (RabbitMQ, NATS with JetStream) when reachable.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -127,4 +128,117 @@ pub async fn delete_keys(redis_url: &str, prefix: &str) {
     if !keys.is_empty() {
         let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
+}
+
+/// Turns an unreachable service into a notice (its suite is skipped) or, under
+/// `HOOKLINE_REQUIRE_SERVICES=1`, into a failure.
+fn skipped(suite: &str, problem: &str, how: &str) {
+    if std::env::var("HOOKLINE_REQUIRE_SERVICES").is_ok_and(|value| value == "1") {
+        panic!("HOOKLINE_REQUIRE_SERVICES=1 but {problem}");
+    }
+    // Written to the real stderr, past the test harness' capture, so it is always seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nNOTICE: the {suite} suite is SKIPPED in this run: {problem}.\n        {how} or set \
+         HOOKLINE_REQUIRE_SERVICES=1 to make this a failure.\n"
+    );
+}
+
+/// The RabbitMQ URL of the AMQP destination suite, or None (after a notice) when RabbitMQ
+/// cannot be reached. `HOOKLINE_TEST_AMQP_URL` overrides `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub async fn rabbitmq() -> Option<&'static str> {
+    static URL: OnceCell<Option<String>> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let url = std::env::var("HOOKLINE_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let connect = lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+        let problem = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close(200, "OK".into()).await;
+                return Some(url);
+            }
+            Ok(Err(error)) => format!("RabbitMQ at 127.0.0.1:5672 is not reachable ({error})"),
+            Err(_) => "RabbitMQ at 127.0.0.1:5672 did not answer".to_owned(),
+        };
+        skipped(
+            "RabbitMQ (AMQP destination)",
+            &problem,
+            "Start RabbitMQ (`rabbitmq-server -detached`, see README)",
+        );
+        None
+    })
+    .await
+    .as_deref()
+}
+
+/// The NATS URL of the JetStream destination suite, or None (after a notice) when NATS with
+/// JetStream cannot be reached. `HOOKLINE_TEST_NATS_URL` overrides `nats://127.0.0.1:4222`.
+pub async fn nats() -> Option<&'static str> {
+    static URL: OnceCell<Option<String>> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let url = std::env::var("HOOKLINE_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let check = async {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(3))
+                .connect(url.as_str())
+                .await
+                .map_err(|error| format!("NATS at {url} is not reachable ({error})"))?;
+            if !client.server_info().jetstream {
+                return Err(format!(
+                    "NATS at {url} runs without JetStream (start it with -js)"
+                ));
+            }
+            Ok::<_, String>(())
+        };
+        let problem = match tokio::time::timeout(Duration::from_secs(5), check).await {
+            Ok(Ok(())) => return Some(url),
+            Ok(Err(problem)) => problem,
+            Err(_) => format!("NATS at {url} did not answer"),
+        };
+        skipped(
+            "NATS JetStream destination",
+            &problem,
+            "Start nats-server with JetStream (`nats-server -js`, see README)",
+        );
+        None
+    })
+    .await
+    .as_deref()
+}
+
+/// The Redis URL of the Redis Streams destination suite, or None (after a notice) when Redis
+/// cannot be reached. `HOOKLINE_TEST_REDIS_URL` overrides `redis://127.0.0.1:6379`.
+pub async fn redis() -> Option<&'static str> {
+    static URL: OnceCell<Option<String>> = OnceCell::const_new();
+    URL.get_or_init(|| async {
+        let url = std::env::var("HOOKLINE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let check = async {
+            let client = redis::Client::open(url.as_str())
+                .map_err(|error| format!("REDIS URL {url} is invalid ({error})"))?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|error| format!("Redis at {url} is not reachable ({error})"))?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|error| format!("Redis did not answer PING ({error})"))?;
+            Ok::<_, String>(())
+        };
+        let problem = match tokio::time::timeout(Duration::from_secs(5), check).await {
+            Ok(Ok(())) => return Some(url),
+            Ok(Err(problem)) => problem,
+            Err(_) => format!("Redis at {url} did not answer"),
+        };
+        skipped(
+            "Redis Streams destination",
+            &problem,
+            "Start Redis (see README)",
+        );
+        None
+    })
+    .await
+    .as_deref()
 }

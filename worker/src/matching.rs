@@ -114,6 +114,8 @@ mod tests {
             event_types,
             filters,
             target_url: "https://example.com/hook".into(),
+            destination_kind: "http".into(),
+            destination: None,
             secret: String::new(),
             enabled: true,
             disabled_reason: None,

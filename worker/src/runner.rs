@@ -40,6 +40,8 @@ pub struct JobContext {
     pub subscriptions: Arc<crate::subscription_cache::SubscriptionCache>,
     /// Merges the `ProcessEvents` jobs running at once in this process into one batch.
     pub event_batches: Arc<crate::event_batches::EventBatches>,
+    /// Broker connections (Redis Streams, AMQP, NATS), pooled per destination.
+    pub destinations: Arc<crate::destination::pool::DestinationPool>,
 }
 
 /// Spawns, on `$tasks`, the supervised worker of one job type for whichever backend the queue
@@ -143,6 +145,11 @@ pub async fn run_workers(
     let _retention = tokio::spawn(crate::retention::run(ctx.clone(), stop_rx.clone()));
     let _renewal = tokio::spawn(crate::jira_webhook_renewal::run(
         ctx.clone(),
+        stop_rx.clone(),
+    ));
+    let _pool_pruning = tokio::spawn(crate::destination::pool::run_pruning(
+        ctx.destinations.clone(),
+        ctx.db.clone(),
         stop_rx.clone(),
     ));
 

@@ -1,8 +1,10 @@
 //! Which subscriber URLs hookline may call: the SSRF guard.
 //!
 //! A target must be `http` or `https`, and unless private targets are allowed, none of its
-//! addresses may be loopback, private, link-local, unique-local, shared (CGNAT), unspecified,
-//! multicast or a cloud metadata address, also when written as an IPv4-mapped IPv6 address. The
+//! addresses may be loopback, private, link-local, unique-local, site-local, shared (CGNAT),
+//! benchmarking, IETF protocol assignments, reserved, unspecified, multicast or a cloud metadata
+//! address, also when an IPv6 address carries such an IPv4 address (IPv4-mapped, IPv4-compatible,
+//! NAT64, 6to4, Teredo). The
 //! URL is checked when a subscription is saved, and every address is checked again after DNS
 //! resolution at delivery time (in [`GuardedResolver`]), so a name re-pointed at an internal
 //! address later is still refused.
@@ -34,7 +36,7 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
 }
 
 fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     ip.is_loopback()
         || ip.is_private()
         // Includes the cloud metadata address 169.254.169.254.
@@ -45,10 +47,17 @@ fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
         // 0.0.0.0/8 ("this network") and 100.64.0.0/10 (shared address space, CGNAT).
         || a == 0
         || (a == 100 && (64..128).contains(&b))
+        // 192.0.0.0/24 IETF protocol assignments (NAT64 and DS-Lite gateways live there).
+        || (a == 192 && b == 0 && c == 0)
+        // 198.18.0.0/15 benchmarking networks, often routed to internal test gear.
+        || (a == 198 && (b & 0xfe) == 18)
+        // 240.0.0.0/4 reserved (255.255.255.255 included).
+        || a >= 240
 }
 
 fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
@@ -56,10 +65,35 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xfe00) == 0xfc00
         // fe80::/10 link-local.
         || (first & 0xffc0) == 0xfe80
-        // ::a.b.c.d (deprecated IPv4-compatible) and the NAT64 prefix carry IPv4 addresses.
-        || ip.to_ipv4().is_some_and(|v4| !v4.is_unspecified() && is_forbidden_v4(v4))
-        || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-            && is_forbidden_v4(Ipv4Addr::from_bits(ip.to_bits() as u32)))
+        // fec0::/10 site-local (deprecated, still routed inside some networks).
+        || (first & 0xffc0) == 0xfec0
+        // 64:ff9b:1::/48, the local-use NAT64 prefix: whatever it translates to is internal.
+        || segments[..3] == [0x64, 0xff9b, 1]
+        || embedded_v4(ip).is_some_and(is_forbidden_v4)
+}
+
+/// The IPv4 address an IPv6 address carries, for the forms that reach that IPv4 host:
+/// `::a.b.c.d` (deprecated IPv4-compatible), the NAT64 well-known prefix `64:ff9b::/96`, 6to4
+/// `2002:AABB:CCDD::/48` (bits 16..48) and Teredo `2001:0000::/32` (the client's address is the
+/// last 32 bits, inverted).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let segments = ip.segments();
+    let bits = ip.to_bits();
+    if segments[..6] == [0, 0, 0, 0, 0, 0] {
+        // `::` and `::1` are handled as IPv6; `::0.0.0.x` is not a usable IPv4 host either.
+        let v4 = Ipv4Addr::from_bits(bits as u32);
+        return (!v4.is_unspecified()).then_some(v4);
+    }
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(Ipv4Addr::from_bits(bits as u32));
+    }
+    if segments[0] == 0x2002 {
+        return Some(Ipv4Addr::from_bits((bits >> 80) as u32));
+    }
+    if segments[..2] == [0x2001, 0] {
+        return Some(Ipv4Addr::from_bits(!(bits as u32)));
+    }
+    None
 }
 
 /// Checks a subscriber URL's form and, unless `allow_private`, its addresses: literal ones
@@ -77,36 +111,144 @@ pub async fn validate_url(url: &str, allow_private: bool) -> Result<reqwest::Url
         Some(host) => host.to_owned(),
         None => return Err("url has no host".to_owned()),
     };
+    check_addresses(
+        &host,
+        parsed.port_or_known_default().unwrap_or(443),
+        allow_private,
+    )
+    .await?;
+    Ok(parsed)
+}
+
+/// Why a host is refused by the SSRF rules, in words for the person who sent it.
+const REFUSED: &str = "url points at a loopback, private, link-local or metadata address; such \
+                       targets are refused unless HOOKLINE_ALLOW_PRIVATE_TARGETS is true";
+
+/// Checks a host's addresses unless `allow_private`: a literal one directly, a name after
+/// resolving it (a name that does not resolve yet is accepted; the delivery-time check still
+/// applies).
+async fn check_addresses(host: &url::Host, port: u16, allow_private: bool) -> Result<(), String> {
     if allow_private {
-        return Ok(parsed);
+        return Ok(());
     }
-    let refused = || {
-        Err(
-            "url points at a loopback, private, link-local or metadata address; such targets \
-             are refused unless HOOKLINE_ALLOW_PRIVATE_TARGETS is true"
-                .to_owned(),
-        )
-    };
     match host {
-        url::Host::Ipv4(ip) if is_forbidden(IpAddr::V4(ip)) => return refused(),
-        url::Host::Ipv6(ip) if is_forbidden(IpAddr::V6(ip)) => return refused(),
+        url::Host::Ipv4(ip) if is_forbidden(IpAddr::V4(*ip)) => Err(REFUSED.to_owned()),
+        url::Host::Ipv6(ip) if is_forbidden(IpAddr::V6(*ip)) => Err(REFUSED.to_owned()),
         url::Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
             if name == "localhost" || name.ends_with(".localhost") {
-                return refused();
+                return Err(REFUSED.to_owned());
             }
-            let port = parsed.port_or_known_default().unwrap_or(443);
             let lookup = tokio::net::lookup_host((name.as_str(), port));
             if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(3), lookup).await {
                 let addrs: Vec<SocketAddr> = addrs.collect();
                 if addrs.iter().any(|addr| is_forbidden(addr.ip())) {
-                    return refused();
+                    return Err(REFUSED.to_owned());
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a broker URL (`redis://`, `amqp://`, `nats://`, …) when a subscription is saved: one
+/// of `schemes`, a host and a port, and, unless `allow_private`, addresses the SSRF rules allow.
+/// Credentials are allowed (brokers need them) and never quoted in the answer.
+pub async fn validate_broker_url(
+    url: &str,
+    schemes: &[&str],
+    allow_private: bool,
+) -> Result<url::Url, String> {
+    // The parser's message never quotes the input.
+    let parsed =
+        url::Url::parse(url.trim()).map_err(|error| format!("url is not a URL: {error}"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("url must use {}", schemes.join(" or ")));
+    }
+    let Some(host) = parsed.host().map(|host| host.to_owned()) else {
+        return Err("url has no host".to_owned());
+    };
+    if parsed.fragment().is_some() {
+        return Err("url must not have a fragment".to_owned());
+    }
+    let port = parsed
+        .port_or_known_default()
+        .unwrap_or_else(|| default_port(parsed.scheme()));
+    check_addresses(&host, port, allow_private).await?;
+    Ok(parsed)
+}
+
+/// The port a broker scheme uses when its URL names none.
+pub fn default_port(scheme: &str) -> u16 {
+    match scheme {
+        "redis" | "rediss" => 6379,
+        "amqp" => 5672,
+        "amqps" => 5671,
+        _ => 4222,
+    }
+}
+
+/// Resolves a broker URL's host at delivery time and keeps the addresses the SSRF rules allow:
+/// a name re-pointed at an internal address after the subscription was saved is refused.
+/// Returns the first allowed address, or why there is none (a refusal is [`ForbiddenTarget`]).
+pub async fn resolve_broker(
+    url: &url::Url,
+    allow_private: bool,
+) -> Result<SocketAddr, BrokerAddressError> {
+    let port = url
+        .port_or_known_default()
+        .unwrap_or_else(|| default_port(url.scheme()));
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        Some(url::Host::Domain(name)) => {
+            let lookup = tokio::net::lookup_host((name, port));
+            match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(error)) => {
+                    return Err(BrokerAddressError::Unresolved(format!(
+                        "could not resolve {name}: {error}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(BrokerAddressError::Unresolved(format!(
+                        "resolving {name} timed out"
+                    )));
                 }
             }
         }
-        _ => {}
+        None => {
+            return Err(BrokerAddressError::Forbidden(ForbiddenTarget(
+                "the URL has no host".to_owned(),
+            )));
+        }
+    };
+    let host = url.host_str().unwrap_or_default();
+    if !allow_private
+        && matches!(url.host(), Some(url::Host::Domain(name)) if name == "localhost" || name.ends_with(".localhost"))
+    {
+        return Err(BrokerAddressError::Forbidden(ForbiddenTarget(format!(
+            "{host} is loopback"
+        ))));
     }
-    Ok(parsed)
+    addrs
+        .into_iter()
+        .find(|addr| allow_private || !is_forbidden(addr.ip()))
+        .ok_or_else(|| {
+            BrokerAddressError::Forbidden(ForbiddenTarget(format!(
+                "{host} resolves to no address hookline may call"
+            )))
+        })
+}
+
+/// Why a broker's address cannot be used.
+#[derive(Debug)]
+pub enum BrokerAddressError {
+    /// The SSRF rules refuse every address: no retry can succeed.
+    Forbidden(ForbiddenTarget),
+    /// The name did not resolve (now): a later attempt may.
+    Unresolved(String),
 }
 
 /// A DNS resolver for the delivery client that drops forbidden addresses, and fails with
@@ -204,6 +346,82 @@ mod tests {
         ] {
             assert!(!forbidden(ip), "{ip} should be allowed");
         }
+    }
+
+    #[test]
+    fn ietf_protocol_assignments_are_forbidden() {
+        assert!(forbidden("192.0.0.1"));
+        assert!(forbidden("192.0.0.170"));
+        assert!(forbidden("192.0.0.255"));
+        assert!(!forbidden("192.0.1.1"));
+    }
+
+    #[test]
+    fn benchmarking_networks_are_forbidden() {
+        assert!(forbidden("198.18.0.1"));
+        assert!(forbidden("198.19.255.254"));
+        assert!(!forbidden("198.17.255.255"));
+        assert!(!forbidden("198.20.0.1"));
+    }
+
+    #[test]
+    fn reserved_addresses_are_forbidden() {
+        assert!(forbidden("240.0.0.1"));
+        assert!(forbidden("250.1.2.3"));
+        assert!(forbidden("255.255.255.254"));
+        assert!(forbidden("255.255.255.255"));
+        assert!(!forbidden("223.255.255.1"));
+    }
+
+    #[test]
+    fn site_local_ipv6_is_forbidden() {
+        assert!(forbidden("fec0::1"));
+        assert!(forbidden("feff:ffff::1"));
+    }
+
+    #[test]
+    fn six_to_four_addresses_are_judged_by_their_ipv4() {
+        // 2002:AABB:CCDD:: embeds AA.BB.CC.DD.
+        assert!(forbidden("2002:7f00:1::"), "127.0.0.1");
+        assert!(forbidden("2002:a00:1:1::1"), "10.0.0.1");
+        assert!(forbidden("2002:c0a8:101::"), "192.168.1.1");
+        assert!(forbidden("2002:a9fe:a9fe::"), "169.254.169.254");
+        assert!(!forbidden("2002:5db8:d822::1"), "93.184.216.34 is public");
+    }
+
+    #[test]
+    fn teredo_addresses_are_judged_by_their_client_ipv4() {
+        // The client address is the last 32 bits XOR 0xffffffff: 127.0.0.1 → 80ff:fffe.
+        assert!(
+            forbidden("2001:0:4136:e378:8000:63bf:80ff:fffe"),
+            "127.0.0.1"
+        );
+        // 10.0.0.1 → f5ff:fffe.
+        assert!(
+            forbidden("2001:0:4136:e378:8000:63bf:f5ff:fffe"),
+            "10.0.0.1"
+        );
+        // 192.168.1.1 → 3f57:fefe.
+        assert!(forbidden("2001::3f57:fefe"), "192.168.1.1");
+        // 93.184.216.34 → a247:27dd.
+        assert!(
+            !forbidden("2001:0:4136:e378:8000:63bf:a247:27dd"),
+            "public client"
+        );
+    }
+
+    #[test]
+    fn the_local_use_nat64_prefix_is_forbidden() {
+        assert!(forbidden("64:ff9b:1::5db8:d822"));
+        assert!(forbidden("64:ff9b:1:ffff::1"));
+        assert!(
+            !forbidden("64:ff9b::5db8:d822"),
+            "well-known prefix to a public address"
+        );
+        assert!(
+            forbidden("64:ff9b::7f00:1"),
+            "well-known prefix to loopback"
+        );
     }
 
     #[tokio::test]

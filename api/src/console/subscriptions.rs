@@ -1,6 +1,7 @@
-//! `/subscriptions`: where events are delivered. Create (URL, event type patterns, project
-//! keys, connection), edit, enable or disable, rotate the signing secret, delete; each
-//! subscription's page shows its recent deliveries.
+//! `/subscriptions`: where events are delivered. Create (destination: an HTTP URL or a Redis
+//! stream, RabbitMQ exchange or NATS subject; event type patterns, project keys, connection),
+//! edit, enable or disable, rotate the signing secret, delete; each subscription's page shows
+//! its recent deliveries. Broker URLs are shown with their credentials as `***`.
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ use crate::console::notice::Notice;
 use crate::console::session::{self, CompanySession};
 use crate::routes::deliveries::{DeliveryFilter, recent_deliveries};
 use crate::routes::subscriptions::{
+    AmqpDestination, Destination, HttpDestination, NatsDestination, RedisStreamDestination,
     SubscriptionIn, SubscriptionOut, SubscriptionPatch, SubscriptionWithSecretOut,
     create_subscription, delete_subscription, find_subscription, rotate_secret,
     update_subscription,
@@ -31,8 +33,26 @@ const RECENT_DELIVERIES: u64 = 20;
 /// The subscription form's fields (create and edit).
 #[derive(Debug, Default, Deserialize)]
 pub struct SubscriptionForm {
+    /// `http`, `redis_stream`, `amqp` or `nats`; empty: `http`.
+    #[serde(default)]
+    kind: String,
     #[serde(default)]
     url: String,
+    /// Redis stream key.
+    #[serde(default)]
+    stream: String,
+    /// Redis stream's approximate cap; empty: unbounded.
+    #[serde(default)]
+    max_len: String,
+    /// AMQP exchange.
+    #[serde(default)]
+    exchange: String,
+    /// AMQP routing key.
+    #[serde(default)]
+    routing_key: String,
+    /// NATS subject.
+    #[serde(default)]
+    subject: String,
     /// Patterns separated by commas or new lines.
     #[serde(default)]
     event_types: String,
@@ -73,7 +93,59 @@ impl SubscriptionForm {
         Some(self.description.trim().to_owned()).filter(|text| !text.is_empty())
     }
 
+    /// The destination the form describes, or what is wrong with it.
+    fn destination(&self) -> Result<Destination, &'static str> {
+        let url = self.url.trim().to_owned();
+        let text = |value: &str| value.trim().to_owned();
+        Ok(match self.kind.as_str() {
+            "" | "http" => Destination::Http(HttpDestination { url }),
+            "redis_stream" => {
+                let max_len = match self.max_len.trim() {
+                    "" => None,
+                    value => Some(
+                        value
+                            .parse::<u64>()
+                            .map_err(|_| "the stream's length cap must be a whole number")?,
+                    ),
+                };
+                Destination::RedisStream(RedisStreamDestination {
+                    url,
+                    stream: text(&self.stream),
+                    max_len,
+                })
+            }
+            "amqp" => Destination::Amqp(AmqpDestination {
+                url,
+                exchange: text(&self.exchange),
+                routing_key: text(&self.routing_key),
+            }),
+            "nats" => Destination::Nats(NatsDestination {
+                url,
+                subject: text(&self.subject),
+            }),
+            _ => return Err("choose a destination type from the list"),
+        })
+    }
+
     fn from_subscription(subscription: &SubscriptionOut) -> Self {
+        let mut form = Self::default();
+        match &subscription.destination {
+            Destination::Http(_) => form.kind = "http".to_owned(),
+            Destination::RedisStream(d) => {
+                form.kind = "redis_stream".to_owned();
+                form.stream = d.stream.clone();
+                form.max_len = d.max_len.map(|n| n.to_string()).unwrap_or_default();
+            }
+            Destination::Amqp(d) => {
+                form.kind = "amqp".to_owned();
+                form.exchange = d.exchange.clone();
+                form.routing_key = d.routing_key.clone();
+            }
+            Destination::Nats(d) => {
+                form.kind = "nats".to_owned();
+                form.subject = d.subject.clone();
+            }
+        }
         Self {
             url: subscription.url.clone(),
             event_types: event_types_of(subscription).join(", "),
@@ -84,7 +156,21 @@ impl SubscriptionForm {
                 .unwrap_or_default(),
             description: subscription.description.clone().unwrap_or_default(),
             csrf_token: String::new(),
+            ..form
         }
+    }
+}
+
+/// A destination in one line for the lists: its type and where (credentials redacted).
+fn destination_summary(destination: &Destination) -> String {
+    match destination {
+        Destination::Http(d) => d.url.clone(),
+        Destination::RedisStream(d) => format!("Redis stream {} at {}", d.stream, d.url),
+        Destination::Amqp(d) => format!(
+            "RabbitMQ exchange \"{}\" key \"{}\" at {}",
+            d.exchange, d.routing_key, d.url
+        ),
+        Destination::Nats(d) => format!("NATS subject {} at {}", d.subject, d.url),
     }
 }
 
@@ -176,7 +262,7 @@ async fn list_page(
                             @for subscription in &subscriptions {
                                 tr data-subscription-id=(subscription.id) {
                                     td {
-                                        a class="mono" href={ "/subscriptions/" (subscription.id) } { (subscription.url) }
+                                        a class="mono" href={ "/subscriptions/" (subscription.id) } { (destination_summary(&subscription.destination)) }
                                         @if let Some(description) = &subscription.description {
                                             div class="muted" { (description) }
                                         }
@@ -242,12 +328,55 @@ fn subscription_fields(
     };
     html! {
         (layout::csrf_field(csrf))
-        div class="field" {
-            label for="url" { "Destination URL" }
-            input type="url" id="url" name="url" required maxlength="2048"
-                placeholder="https://example.com/hooks/jira" value=(form.url)
-                aria-describedby="url_hint";
-            p class="hint" id="url_hint" { "hookline POSTs each matching event here as JSON." }
+        div class="form-row" {
+            div class="field" {
+                label for="kind" { "Destination type" }
+                select id="kind" name="kind" aria-describedby="kind_hint" {
+                    @for (value, label) in DESTINATION_KINDS {
+                        option value=(value) selected[form.kind == *value || (form.kind.is_empty() && *value == "http")] { (label) }
+                    }
+                }
+                p class="hint" id="kind_hint" { "Brokers get the same JSON body and signature values as HTTP." }
+            }
+            div class="field" {
+                label for="url" { "Destination URL" }
+                input type="url" id="url" name="url" required maxlength="2048"
+                    placeholder="https://example.com/hooks/jira" value=(form.url)
+                    aria-describedby="url_hint";
+                p class="hint" id="url_hint" {
+                    "HTTP: hookline POSTs each matching event here as JSON. Brokers: "
+                    code { "redis://…" } ", " code { "amqp://user:pass@host/%2f" } ", "
+                    code { "nats://host:4222" } "; credentials are stored encrypted and shown as "
+                    code { "***" } " (leave them as shown to keep them)."
+                }
+            }
+        }
+        fieldset class="field" {
+            legend { "Broker settings (for the chosen type only)" }
+            div class="form-row" {
+                div class="field" {
+                    label for="stream" { "Redis stream" }
+                    input type="text" id="stream" name="stream" maxlength="1024" value=(form.stream) placeholder="jira-events";
+                }
+                div class="field" {
+                    label for="max_len" { "Stream length cap" }
+                    input type="text" id="max_len" name="max_len" inputmode="numeric" value=(form.max_len) placeholder="optional, e.g. 100000";
+                }
+            }
+            div class="form-row" {
+                div class="field" {
+                    label for="exchange" { "RabbitMQ exchange" }
+                    input type="text" id="exchange" name="exchange" maxlength="255" value=(form.exchange) placeholder="empty: the default exchange";
+                }
+                div class="field" {
+                    label for="routing_key" { "RabbitMQ routing key" }
+                    input type="text" id="routing_key" name="routing_key" maxlength="255" value=(form.routing_key) placeholder="jira.events";
+                }
+                div class="field" {
+                    label for="subject" { "NATS subject" }
+                    input type="text" id="subject" name="subject" maxlength="1024" value=(form.subject) placeholder="jira.events";
+                }
+            }
         }
         div class="form-row" {
             div class="field" {
@@ -298,6 +427,14 @@ fn subscription_fields(
     }
 }
 
+/// The destination types the form offers: (`type`, label).
+const DESTINATION_KINDS: &[(&str, &str)] = &[
+    ("http", "HTTP (POST)"),
+    ("redis_stream", "Redis stream"),
+    ("amqp", "RabbitMQ (AMQP)"),
+    ("nats", "NATS JetStream"),
+];
+
 /// `POST /subscriptions`: creates one and shows its signing secret once.
 #[handler]
 pub async fn create(
@@ -311,9 +448,14 @@ pub async fn create(
         Ok(connection_id) => connection_id,
         Err(problem) => return form_refused(&state, &session, problem, &form).await,
     };
+    let destination = match form.destination() {
+        Ok(destination) => destination,
+        Err(problem) => return form_refused(&state, &session, problem, &form).await,
+    };
     let filters = form.filters();
     let input = SubscriptionIn {
-        url: form.url.trim().to_owned(),
+        url: None,
+        destination: Some(destination),
         event_types: form.event_types(),
         connection_id,
         description: form.description(),
@@ -368,7 +510,7 @@ fn secret_page(
         div class="page-header" {
             div {
                 h1 { (heading) }
-                p class="mono" { (subscription.url) }
+                p class="mono" { (destination_summary(&subscription.destination)) }
             }
             div class="actions" {
                 a class="button" href={ "/subscriptions/" (subscription.id) } { "Go to the subscription" }
@@ -405,10 +547,12 @@ pub async fn subscription_page(
     Query(query): Query<NoticeQuery>,
 ) -> poem::Result<Response> {
     let session = session::require_company(&state, req).await?;
-    let subscription: SubscriptionOut = find_subscription(&state, session.company.id, &id)
-        .await
-        .or_page()?
-        .into();
+    let subscription = SubscriptionOut::from_model(
+        find_subscription(&state, session.company.id, &id)
+            .await
+            .or_page()?,
+        &state.cipher,
+    );
     let notice = Notice::parse(query.notice.as_deref()).map(Notice::text);
     let form = SubscriptionForm::from_subscription(&subscription);
     let page = detail_page(&state, &session, &subscription, notice, None, &form).await?;
@@ -439,7 +583,7 @@ async fn detail_page(
         nav aria-label="Breadcrumb" class="muted" { a href="/subscriptions" { "Subscriptions" } " / " (id) }
         div class="page-header" {
             div {
-                h1 class="mono" { (subscription.url) }
+                h1 class="mono" { (destination_summary(&subscription.destination)) }
                 p { (enabled_badge(subscription))
                     @if let Some(reason) = &subscription.disabled_reason { " " (reason) } }
             }
@@ -515,24 +659,32 @@ pub async fn update(
 ) -> poem::Result<Response> {
     let session = session::require_company(&state, req).await?;
     session.check_csrf(&form.csrf_token)?;
+    let destination = form.destination();
     let patch = SubscriptionPatch {
-        url: Some(form.url.trim().to_owned()),
+        url: None,
+        destination: destination.as_ref().ok().cloned(),
         event_types: Some(form.event_types()),
         enabled: None,
         description: Some(form.description.trim().to_owned()),
         filters: Some(form.filters()),
     };
-    match update_subscription(&state, session.company.id, &id, patch).await {
+    let saved = match destination {
+        Ok(_) => update_subscription(&state, session.company.id, &id, patch).await,
+        Err(problem) => Err(crate::error::ApiError::unprocessable(problem)),
+    };
+    match saved {
         Ok(saved) => Ok(layout::see_other(
             &Notice::SubscriptionSaved.url(&format!("/subscriptions/{}", saved.id)),
         )),
         Err(error)
             if error.status().is_client_error() && error.status() != StatusCode::NOT_FOUND =>
         {
-            let subscription: SubscriptionOut = find_subscription(&state, session.company.id, &id)
-                .await
-                .or_page()?
-                .into();
+            let subscription = SubscriptionOut::from_model(
+                find_subscription(&state, session.company.id, &id)
+                    .await
+                    .or_page()?,
+                &state.cipher,
+            );
             let page = detail_page(
                 &state,
                 &session,
@@ -562,6 +714,7 @@ async fn set_enabled(
     session.check_csrf(&form.csrf_token)?;
     let patch = SubscriptionPatch {
         url: None,
+        destination: None,
         event_types: None,
         enabled: Some(enabled),
         description: None,

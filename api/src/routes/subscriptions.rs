@@ -4,13 +4,17 @@ use chrono::{DateTime, Utc};
 use entity::{delivery, subscription};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi, Union};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, IntoActiveModel, ModelTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
+use worker::destination::amqp::AmqpSettings;
+use worker::destination::broker::{BrokerSettings, kind, redacted_url};
+use worker::destination::nats::NatsSettings;
+use worker::destination::redis_stream::RedisStreamSettings;
 
 use crate::auth::CompanyAuth;
 use crate::error::{ApiError, ApiResult};
@@ -21,13 +25,158 @@ use crate::state::AppState;
 /// The subscription API.
 pub struct SubscriptionApi;
 
-/// A subscription to create.
+/// Where a subscription's deliveries go, chosen by `type`. Every kind gets the same JSON body
+/// and the Standard Webhooks values `webhook-id`, `webhook-timestamp` and `webhook-signature`;
+/// a delivery counts only once the destination confirmed it. In answers, credentials in `url`
+/// are shown as `***`.
+#[derive(Debug, Clone, Union)]
+#[oai(discriminator_name = "type", one_of)]
+pub enum Destination {
+    /// An HTTP POST with the Standard Webhooks headers (the same as `url` alone).
+    #[oai(mapping = "http")]
+    Http(HttpDestination),
+    /// An `XADD` to a Redis stream, with the fields `webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature` and `body`.
+    #[oai(mapping = "redis_stream")]
+    RedisStream(RedisStreamDestination),
+    /// A persistent publish to a RabbitMQ exchange with publisher confirms; `message_id` is the
+    /// `webhook-id`, the message headers carry the three Standard Webhooks values.
+    #[oai(mapping = "amqp")]
+    Amqp(AmqpDestination),
+    /// A NATS JetStream publish awaiting the stream's acknowledgement; headers carry the three
+    /// Standard Webhooks values and `Nats-Msg-Id` = `webhook-id` (JetStream dedupes on it).
+    #[oai(mapping = "nats")]
+    Nats(NatsDestination),
+}
+
+/// An HTTP destination.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct HttpDestination {
+    /// Where deliveries are POSTed (`http` or `https`, no credentials in it).
+    #[oai(validator(min_length = 1, max_length = 2048))]
+    pub url: String,
+}
+
+/// A Redis stream destination.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct RedisStreamDestination {
+    /// The Redis server, `redis://[:password@]host[:port][/db]`.
+    #[oai(validator(min_length = 1, max_length = 2048))]
+    pub url: String,
+    /// The stream's key.
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub stream: String,
+    /// Keep the stream at about this many entries (`XADD … MAXLEN ~ n`); unset: unbounded.
+    #[oai(nullable, validator(minimum(value = "1")))]
+    pub max_len: Option<u64>,
+}
+
+/// A RabbitMQ (AMQP 0.9.1) destination.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct AmqpDestination {
+    /// The broker, `amqp[s]://user:password@host[:port]/vhost` (`%2f` is the vhost `/`).
+    #[oai(validator(min_length = 1, max_length = 2048))]
+    pub url: String,
+    /// The exchange to publish to; `""` is the default exchange, which routes by queue name.
+    /// It must exist: publishing to an unknown exchange fails.
+    #[oai(validator(max_length = 255))]
+    pub exchange: String,
+    /// The routing key (with the default exchange: the queue's name). A message no queue is
+    /// bound for is returned by the broker and the attempt fails.
+    #[oai(validator(max_length = 255))]
+    pub routing_key: String,
+}
+
+/// A NATS JetStream destination.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct NatsDestination {
+    /// The server, `nats://[token@ | user:password@]host[:port]` (`tls://` for TLS).
+    #[oai(validator(min_length = 1, max_length = 2048))]
+    pub url: String,
+    /// The subject, e.g. `jira.events`; a JetStream stream must capture it, else the attempt
+    /// fails.
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub subject: String,
+}
+
+impl Destination {
+    /// The broker settings of a broker destination; `None` for `http`.
+    pub fn broker_settings(&self) -> Option<BrokerSettings> {
+        match self.clone() {
+            Self::Http(_) => None,
+            Self::RedisStream(d) => Some(BrokerSettings::RedisStream(RedisStreamSettings {
+                url: d.url.trim().to_owned(),
+                stream: d.stream,
+                max_len: d.max_len,
+            })),
+            Self::Amqp(d) => Some(BrokerSettings::Amqp(AmqpSettings {
+                url: d.url.trim().to_owned(),
+                exchange: d.exchange,
+                routing_key: d.routing_key,
+            })),
+            Self::Nats(d) => Some(BrokerSettings::Nats(NatsSettings {
+                url: d.url.trim().to_owned(),
+                subject: d.subject,
+            })),
+        }
+    }
+
+    /// How broker settings are shown (with their credentials as given: redact first).
+    pub fn from_broker_settings(settings: BrokerSettings) -> Self {
+        match settings {
+            BrokerSettings::RedisStream(s) => Self::RedisStream(RedisStreamDestination {
+                url: s.url,
+                stream: s.stream,
+                max_len: s.max_len,
+            }),
+            BrokerSettings::Amqp(s) => Self::Amqp(AmqpDestination {
+                url: s.url,
+                exchange: s.exchange,
+                routing_key: s.routing_key,
+            }),
+            BrokerSettings::Nats(s) => Self::Nats(NatsDestination {
+                url: s.url,
+                subject: s.subject,
+            }),
+        }
+    }
+
+    /// The URL of this destination.
+    fn url_mut(&mut self) -> &mut String {
+        match self {
+            Self::Http(d) => &mut d.url,
+            Self::RedisStream(d) => &mut d.url,
+            Self::Amqp(d) => &mut d.url,
+            Self::Nats(d) => &mut d.url,
+        }
+    }
+
+    /// The `type` of this destination.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Http(_) => kind::HTTP,
+            Self::RedisStream(_) => kind::REDIS_STREAM,
+            Self::Amqp(_) => kind::AMQP,
+            Self::Nats(_) => kind::NATS,
+        }
+    }
+}
+
+/// A subscription to create: give `url` (an HTTP destination) or `destination`.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct SubscriptionIn {
-    /// Where deliveries are POSTed (`http` or `https`).
-    #[oai(validator(min_length = 1, max_length = 2048))]
-    pub url: String,
+    /// Where deliveries are POSTed (`http` or `https`); short for
+    /// `"destination": {"type": "http", "url": …}`.
+    #[oai(nullable, validator(min_length = 1, max_length = 2048))]
+    pub url: Option<String>,
+    /// Where deliveries go; instead of `url`.
+    #[oai(nullable)]
+    pub destination: Option<Destination>,
     /// Event type patterns, e.g. `["jira:issue_*"]` (`*` matches any suffix).
     #[oai(validator(min_items = 1, max_items = 100))]
     pub event_types: Vec<String>,
@@ -46,9 +195,13 @@ pub struct SubscriptionIn {
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct SubscriptionPatch {
-    /// A new target URL (validated like at creation).
+    /// A new HTTP target URL (validated like at creation); the destination becomes `http`.
     #[oai(nullable, validator(min_length = 1, max_length = 2048))]
     pub url: Option<String>,
+    /// A new destination, of any kind (instead of `url`). Its broker connection is closed and
+    /// opened anew.
+    #[oai(nullable)]
+    pub destination: Option<Destination>,
     /// New event type patterns.
     #[oai(nullable, validator(min_items = 1, max_items = 100))]
     pub event_types: Option<Vec<String>>,
@@ -69,8 +222,10 @@ pub struct SubscriptionPatch {
 pub struct SubscriptionOut {
     /// The subscription's id.
     pub id: Uuid,
-    /// Where deliveries are POSTed.
+    /// Where deliveries are POSTed (`http`); for a broker, its URL with credentials as `***`.
     pub url: String,
+    /// Where deliveries go, credentials shown as `***`.
+    pub destination: Destination,
     /// Event type patterns.
     pub event_types: serde_json::Value,
     /// The connection it is limited to, if any.
@@ -134,10 +289,13 @@ pub enum DeleteSubscriptionResponse {
     Deleted,
 }
 
-impl From<subscription::Model> for SubscriptionOut {
-    fn from(model: subscription::Model) -> Self {
+impl SubscriptionOut {
+    /// The answer for `model`; `cipher` reads its destination, shown redacted.
+    pub fn from_model(model: subscription::Model, cipher: &entity::cipher::Cipher) -> Self {
+        let destination = shown_destination(&model, cipher);
         Self {
             id: model.id,
+            destination,
             url: model.target_url,
             event_types: model.event_types,
             connection_id: model.connection_id,
@@ -205,7 +363,7 @@ impl SubscriptionApi {
         id: Path<String>,
     ) -> ApiResult<Json<SubscriptionOut>> {
         let model = find_subscription(&state, auth.0.id, &id).await?;
-        Ok(Json(model.into()))
+        Ok(Json(SubscriptionOut::from_model(model, &state.cipher)))
     }
 
     /// Update a subscription
@@ -275,7 +433,21 @@ pub(crate) async fn create_subscription(
     company_id: Uuid,
     input: SubscriptionIn,
 ) -> ApiResult<SubscriptionWithSecretOut> {
-    let url = validate_url(state, &input.url).await?;
+    let destination = match (input.url, input.destination) {
+        (Some(url), None) => Destination::Http(HttpDestination { url }),
+        (None, Some(destination)) => destination,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "give either url or destination, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::unprocessable(
+                "give url (an HTTP destination) or destination",
+            ));
+        }
+    };
+    let stored = store_destination(state, destination).await?;
     validate_event_types(&input.event_types)?;
     validate_filters(input.filters.as_ref())?;
     if let Some(connection_id) = input.connection_id {
@@ -293,7 +465,9 @@ pub(crate) async fn create_subscription(
         description: Set(input.description),
         event_types: Set(serde_json::json!(input.event_types)),
         filters: Set(input.filters),
-        target_url: Set(url),
+        target_url: Set(stored.target_url),
+        destination_kind: Set(stored.kind.to_owned()),
+        destination: Set(stored.destination),
         secret: Set(state.cipher.encrypt(&secret)),
         enabled: Set(true),
         disabled_reason: Set(None),
@@ -304,9 +478,9 @@ pub(crate) async fn create_subscription(
     let model = subscription::Entity::insert(model)
         .exec_with_returning(&state.db)
         .await?;
-    tracing::info!(subscription.id = %model.id, company.id = %company_id, "subscription created");
+    tracing::info!(subscription.id = %model.id, company.id = %company_id, destination = %model.destination_kind, "subscription created");
     Ok(SubscriptionWithSecretOut {
-        subscription: model.into(),
+        subscription: SubscriptionOut::from_model(model, &state.cipher),
         secret,
     })
 }
@@ -326,7 +500,10 @@ pub(crate) async fn list_subscriptions(
     let mut models = query.all(&state.db).await?;
     let next_cursor = page.finish(&mut models, |model| model.id);
     Ok(SubscriptionList {
-        items: models.into_iter().map(SubscriptionOut::from).collect(),
+        items: models
+            .into_iter()
+            .map(|model| SubscriptionOut::from_model(model, &state.cipher))
+            .collect(),
         next_cursor,
     })
 }
@@ -342,9 +519,23 @@ pub(crate) async fn update_subscription(
     let model = find_subscription(state, company_id, id).await?;
     let was_enabled = model.enabled;
     let subscription_id = model.id;
+    let model_before = model.clone();
     let mut active = model.into_active_model();
-    if let Some(url) = patch.url {
-        active.target_url = Set(validate_url(state, &url).await?);
+    let destination = match (patch.url, patch.destination) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "give either url or destination, not both",
+            ));
+        }
+        (Some(url), None) => Some(Destination::Http(HttpDestination { url })),
+        (None, destination) => destination,
+    };
+    if let Some(mut destination) = destination {
+        keep_credentials(&model_before, &mut destination, &state.cipher);
+        let stored = store_destination(state, destination).await?;
+        active.target_url = Set(stored.target_url);
+        active.destination_kind = Set(stored.kind.to_owned());
+        active.destination = Set(stored.destination);
     }
     if let Some(event_types) = patch.event_types {
         validate_event_types(&event_types)?;
@@ -382,7 +573,7 @@ pub(crate) async fn update_subscription(
             .exec(&state.db)
             .await?;
     }
-    Ok(model.into())
+    Ok(SubscriptionOut::from_model(model, &state.cipher))
 }
 
 /// Deletes `company_id`'s subscription `id` with its deliveries.
@@ -413,7 +604,7 @@ pub(crate) async fn rotate_secret(
     let model = active.update(&state.db).await?;
     tracing::info!(subscription.id = %model.id, "subscription secret rotated");
     Ok(SubscriptionWithSecretOut {
-        subscription: model.into(),
+        subscription: SubscriptionOut::from_model(model, &state.cipher),
         secret,
     })
 }
@@ -429,6 +620,105 @@ pub(crate) async fn find_subscription(
         .one(&state.db)
         .await?
         .ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+/// A destination as its columns store it.
+struct StoredDestination {
+    kind: &'static str,
+    /// The HTTP URL, or the broker URL redacted (for display).
+    target_url: String,
+    /// A broker's settings, encrypted.
+    destination: Option<String>,
+}
+
+/// Validates a destination (the SSRF rules apply to broker hosts too) and encrypts a broker's
+/// settings, which carry its credentials.
+async fn store_destination(
+    state: &AppState,
+    destination: Destination,
+) -> ApiResult<StoredDestination> {
+    let Some(settings) = destination.broker_settings() else {
+        let Destination::Http(http) = destination else {
+            return Err(ApiError::unprocessable("destination.type is unknown"));
+        };
+        return Ok(StoredDestination {
+            kind: kind::HTTP,
+            target_url: validate_url(state, &http.url).await?,
+            destination: None,
+        });
+    };
+    settings
+        .validate(state.allow_private_targets)
+        .await
+        .map_err(|problem| ApiError::unprocessable(format!("destination: {problem}")))?;
+    Ok(StoredDestination {
+        kind: settings.kind(),
+        target_url: redacted_url(settings.url()),
+        destination: Some(state.cipher.encrypt(&settings.to_stored())),
+    })
+}
+
+/// A changed broker destination of the same type whose `url` is the redacted URL the answers
+/// show (a GET sent back, the console's edit form) keeps the stored URL and its credentials.
+fn keep_credentials(
+    current: &subscription::Model,
+    destination: &mut Destination,
+    cipher: &entity::cipher::Cipher,
+) {
+    let Some(stored) = &current.destination else {
+        return;
+    };
+    if destination.kind() != current.destination_kind {
+        return;
+    }
+    let Ok(settings) = cipher
+        .decrypt(stored)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| BrokerSettings::from_stored(&json))
+    else {
+        return;
+    };
+    let url = destination.url_mut();
+    if url.trim() == redacted_url(settings.url()) {
+        *url = settings.url().to_owned();
+    }
+}
+
+/// How a subscription's destination is shown: a broker's settings with the credentials
+/// redacted. Settings that cannot be read show the redacted URL alone.
+fn shown_destination(model: &subscription::Model, cipher: &entity::cipher::Cipher) -> Destination {
+    let Some(stored) = &model.destination else {
+        return Destination::Http(HttpDestination {
+            url: model.target_url.clone(),
+        });
+    };
+    let settings = cipher
+        .decrypt(stored)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| BrokerSettings::from_stored(&json));
+    match settings {
+        Ok(settings) => Destination::from_broker_settings(settings.redacted()),
+        Err(error) => {
+            tracing::error!(subscription.id = %model.id, error = format!("{error:#}"), "could not read a destination's settings");
+            let url = model.target_url.clone();
+            match model.destination_kind.as_str() {
+                kind::REDIS_STREAM => Destination::RedisStream(RedisStreamDestination {
+                    url,
+                    stream: String::new(),
+                    max_len: None,
+                }),
+                kind::AMQP => Destination::Amqp(AmqpDestination {
+                    url,
+                    exchange: String::new(),
+                    routing_key: String::new(),
+                }),
+                _ => Destination::Nats(NatsDestination {
+                    url,
+                    subject: String::new(),
+                }),
+            }
+        }
+    }
 }
 
 async fn validate_url(state: &AppState, url: &str) -> ApiResult<String> {

@@ -72,13 +72,27 @@ async fn a_subscriber_verifying_signatures_receives_every_delivery(backend: Back
         assert_eq!(body["data"]["raw"]["issue"]["key"], "ENG-1");
         assert_eq!(attempts(&app, *delivery_id).await.len(), 1);
     }
-    check_with_standardwebhooks(&secret, &requests[0]);
+    let request = &requests[0];
+    check_with_standardwebhooks(
+        &secret,
+        request.header("webhook-id"),
+        request.header("webhook-timestamp"),
+        request.header("webhook-signature"),
+        &request.body,
+    );
     app.stop().await;
     env.cleanup().await;
 }
 
-/// Verifies a captured request with the reference Python library, when it is installed.
-fn check_with_standardwebhooks(secret: &str, request: &tests::fake_subscriber::ReceivedRequest) {
+/// Verifies a captured delivery (HTTP request or broker message) with the reference Python
+/// library, when it is installed.
+pub(crate) fn check_with_standardwebhooks(
+    secret: &str,
+    id: &str,
+    timestamp: &str,
+    signature: &str,
+    body: &[u8],
+) {
     let available = std::process::Command::new("python3")
         .args(["-c", "import standardwebhooks"])
         .output()
@@ -94,13 +108,10 @@ fn check_with_standardwebhooks(secret: &str, request: &tests::fake_subscriber::R
     let output = std::process::Command::new("python3")
         .arg(script)
         .env("WEBHOOK_SECRET", secret)
-        .env("WEBHOOK_ID", request.header("webhook-id"))
-        .env("WEBHOOK_TIMESTAMP", request.header("webhook-timestamp"))
-        .env("WEBHOOK_SIGNATURE", request.header("webhook-signature"))
-        .env(
-            "WEBHOOK_BODY",
-            String::from_utf8_lossy(&request.body).as_ref(),
-        )
+        .env("WEBHOOK_ID", id)
+        .env("WEBHOOK_TIMESTAMP", timestamp)
+        .env("WEBHOOK_SIGNATURE", signature)
+        .env("WEBHOOK_BODY", String::from_utf8_lossy(body).as_ref())
         .output()
         .expect("run python3");
     assert!(

@@ -244,6 +244,8 @@ pub async fn insert_subscription(
         event_types: Set(serde_json::json!(event_types)),
         filters: Set(filters),
         target_url: Set("http://127.0.0.1:9/never-called".to_owned()),
+        destination_kind: Set("http".to_owned()),
+        destination: Set(None),
         secret: Set(cipher.encrypt("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
         enabled: Set(true),
         disabled_reason: Set(None),

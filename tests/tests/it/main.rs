@@ -8,6 +8,7 @@ mod console;
 mod console_browser;
 mod delivery;
 mod deploy;
+mod destinations;
 mod dynamic_webhooks;
 mod embedded;
 mod enrichment;

@@ -167,6 +167,8 @@ async fn insert_subscription_to(app: &TestApp, company_id: &str, url: &str) -> U
         event_types: Set(serde_json::json!(["jira:issue_*"])),
         filters: Set(None),
         target_url: Set(url.to_owned()),
+        destination_kind: Set("http".to_owned()),
+        destination: Set(None),
         secret: Set(cipher.encrypt("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
         enabled: Set(true),
         disabled_reason: Set(None),

@@ -4,8 +4,17 @@
 //! [`Message`]; a destination sends it and says what happened as an [`AttemptResult`]. A
 //! destination never fails: every problem (refused, unreachable, timed out) is an attempt result,
 //! which the job records and schedules a retry for.
+//!
+//! Kinds: [`http`] (a POST), [`redis_stream`] (XADD), [`amqp`] (RabbitMQ with publisher
+//! confirms), [`nats`] (JetStream with its ack). The broker kinds' settings are described in
+//! [`broker`], and their connections are kept in the [`pool`].
 
+pub mod amqp;
+pub mod broker;
 pub mod http;
+pub mod nats;
+pub mod pool;
+pub mod redis_stream;
 
 use futures::future::BoxFuture;
 

@@ -35,6 +35,7 @@ use sea_orm::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::destination::broker::kind;
 use crate::destination::http::HttpDestination;
 use crate::destination::{AttemptResult, Destination, Message};
 use crate::queue::Job;
@@ -250,17 +251,28 @@ async fn send(
     destination.send(message).await
 }
 
-/// The destination a subscription delivers to, or why it cannot be used.
+/// The destination a subscription delivers to, or why it cannot be used: its URL for `http`,
+/// its pooled broker connection for the other kinds.
 fn destination_of(
     ctx: &JobContext,
     subscription: &subscription::Model,
 ) -> Result<Arc<dyn Destination>, AttemptResult> {
-    let http = HttpDestination::new(
-        ctx.subscriber_client.clone(),
-        &subscription.target_url,
-        ctx.settings.allow_private_targets,
-    )?;
-    Ok(Arc::new(http))
+    if subscription.destination_kind == kind::HTTP {
+        let http = HttpDestination::new(
+            ctx.subscriber_client.clone(),
+            &subscription.target_url,
+            ctx.settings.allow_private_targets,
+        )?;
+        return Ok(Arc::new(http));
+    }
+    let Some(stored) = &subscription.destination else {
+        return Err(AttemptResult::permanent(format!(
+            "the {} destination has no settings",
+            subscription.destination_kind
+        )));
+    };
+    ctx.destinations
+        .destination(subscription.id, stored, &ctx.cipher)
 }
 
 /// The envelope of one event, as sent, shared by all its deliveries of the batch.
