@@ -10,6 +10,7 @@
 //!
 //! Durability is unchanged: a job finishes (and its queue entry is acknowledged) only after the
 //! merged batch that holds its events has committed, and a failed batch fails every job in it.
+//! A batch, once claimed, runs to its end even if the job that leads it is dropped.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,13 +129,23 @@ impl EventBatches {
             .flat_map(|waiting| waiting.event_ids.iter().copied())
             .collect();
         metrics::histogram!("hookline_process_events_batch_events").record(event_ids.len() as f64);
-        let result: Shared = process_events::run_counted(ctx, &event_ids)
-            .await
-            .map_err(|error| Arc::from(format!("{error:#}")));
-        for reply in taken.into_iter().filter_map(|waiting| waiting.reply) {
-            let _ = reply.send(Turn::Done(result.clone()));
+        // The batch runs, and answers its jobs, in a task of its own: when apalis drops the
+        // leader's handler (its worker restarts after Redis went away), the claimed events are
+        // still processed and the other jobs still answered, instead of waiting out the lease.
+        let ctx = ctx.clone();
+        let batch = tokio::spawn(async move {
+            let result: Shared = process_events::run_counted(&ctx, &event_ids)
+                .await
+                .map_err(|error| Arc::from(format!("{error:#}")));
+            for reply in taken.into_iter().filter_map(|waiting| waiting.reply) {
+                let _ = reply.send(Turn::Done(result.clone()));
+            }
+            result
+        });
+        match batch.await {
+            Ok(result) => result,
+            Err(error) => Err(Arc::from(format!("the batch's task ended: {error}"))),
         }
-        result
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {

@@ -118,7 +118,17 @@ async fn handle_any(
     use tracing::Instrument as _;
     let started = Instant::now();
     let span = tracing::info_span!("job", job, deliveries = delivery_ids.len());
-    let result = run(ctx, delivery_ids).instrument(span.clone()).await;
+    // The batch runs in a task of its own: when apalis drops this handler (its worker restarts
+    // after Redis went away), the claimed deliveries are still sent and recorded instead of
+    // waiting out their lease.
+    let batch = {
+        let (ctx, ids) = (ctx.clone(), delivery_ids.to_vec());
+        tokio::spawn(async move { run(&ctx, &ids).await }.instrument(span.clone()))
+    };
+    let result = match batch.await {
+        Ok(result) => result,
+        Err(error) => Err(anyhow::anyhow!("the delivery batch's task ended: {error}")),
+    };
     let _entered = span.enter();
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("hookline_jobs_total", "job" => job, "outcome" => label).increment(1);
