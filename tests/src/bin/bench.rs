@@ -18,6 +18,8 @@
 
 // The modules live in `bench/` next to this file (a crate root's modules would otherwise be
 // looked for next to it, among the other binaries).
+#[path = "bench/consumer.rs"]
+mod consumer;
 #[path = "bench/load.rs"]
 mod load;
 #[path = "bench/procstat.rs"]
@@ -177,6 +179,24 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
     report.figure("worker_concurrency", common.stack.worker_concurrency);
+    match common.stack.destination {
+        None => report.line(
+            "subscriptions: four HTTP subscriptions per company (counted, fan-out, two that \
+             never match)",
+        ),
+        Some(kind) => report.line(format!(
+            "subscriptions: one {} subscription per company ({} companies)",
+            kind.name(),
+            common.stack.companies
+        )),
+    }
+    report.figure(
+        "destination",
+        common
+            .stack
+            .destination
+            .map_or("default", consumer::DestinationKind::name),
+    );
     let run_dir = stack.run_dir.clone();
     let (stack, result) = match &cli.mode {
         Mode::E2e(options) => run_e2e(stack, options, fixture, &mut report).await,
@@ -221,6 +241,9 @@ async fn run_e2e(
             let accepted = sent.iter().filter(|sent| sent.outcome.is_ok()).count();
             wait_for_deliveries(stack, accepted, options.grace, Duration::ZERO).await;
             let _ = stack.subscriber.take();
+            if let Some(fanout) = &stack.fanout {
+                let _ = fanout.take();
+            }
             eprintln!("warm-up done: {accepted} events");
         }
 
@@ -241,7 +264,7 @@ async fn run_e2e(
         let waited = wait_for_deliveries(stack, accepted, options.grace, options.settle).await;
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
-        fanout_line(report, &stack.fanout.take(), accepted);
+        fanout_line(report, stack.fanout.as_ref(), accepted);
         let counters_after = report::database_counters(&stack.db).await?;
 
         report.line(format!(
@@ -335,7 +358,7 @@ async fn run_drain(
         let drained = worker_started.elapsed();
         let after = watch.cpu_snapshot();
         let received = stack.subscriber.take();
-        fanout_line(report, &stack.fanout.take(), accepted);
+        fanout_line(report, stack.fanout.as_ref(), accepted);
         let counters_after = report::database_counters(&stack.db).await?;
 
         let throughput = received.per_event.len() as f64 / drained.as_secs_f64();
@@ -395,8 +418,13 @@ async fn wait_for_deliveries(
     settle: Duration,
 ) -> Duration {
     let started = Instant::now();
-    while (stack.subscriber.distinct_events() < expected
-        || stack.fanout.distinct_events() < expected)
+    let fanout_behind = || {
+        stack
+            .fanout
+            .as_ref()
+            .is_some_and(|fanout| fanout.distinct_events() < expected)
+    };
+    while (stack.subscriber.distinct_events() < expected || fanout_behind())
         && started.elapsed() < timeout
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -407,7 +435,11 @@ async fn wait_for_deliveries(
 }
 
 /// The fan-out subscriber (a second matching subscription per company): every event once.
-fn fanout_line(report: &mut Report, fanout: &subscriber::Received, accepted: usize) {
+fn fanout_line(report: &mut Report, fanout: Option<&subscriber::BenchSubscriber>, accepted: usize) {
+    let Some(fanout) = fanout else {
+        return;
+    };
+    let fanout = fanout.take();
     let duplicated = fanout
         .per_event
         .values()

@@ -129,6 +129,8 @@ pub struct CpuSnapshot {
     pub postgres: u64,
     /// Ticks of every `redis-server` process.
     pub redis: u64,
+    /// Ticks of the RabbitMQ (`beam.smp`) and NATS (`nats-server`) servers.
+    pub brokers: u64,
     /// Busy ticks of the whole machine.
     pub machine_busy: u64,
     /// All ticks of the whole machine (busy + idle, summed over cores).
@@ -218,6 +220,7 @@ impl Watch {
             processes,
             postgres: cpu_ticks_by_name("postgres"),
             redis: cpu_ticks_by_name("redis-server"),
+            brokers: cpu_ticks_by_name("beam.smp") + cpu_ticks_by_name("nats-server"),
             machine_busy,
             machine_total,
             at: Some(std::time::Instant::now()),

@@ -111,6 +111,12 @@ pub fn cpu_section(report: &mut Report, before: &CpuSnapshot, after: &CpuSnapsho
         "redis",
         after.redis.saturating_sub(before.redis),
     );
+    row(
+        report,
+        "rabbitmq + nats-server",
+        "brokers",
+        after.brokers.saturating_sub(before.brokers),
+    );
     let busy = after.machine_busy.saturating_sub(before.machine_busy) as f64 / hz;
     let total = after.machine_total.saturating_sub(before.machine_total) as f64 / hz;
     let other = (busy - accounted).max(0.0);

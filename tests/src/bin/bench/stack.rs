@@ -12,6 +12,7 @@ use base64::Engine as _;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use tests::fake_atlassian::{self, FakeAtlassian};
 
+use crate::consumer::{BrokerConsumer, BrokerUrls, DestinationKind};
 use crate::subscriber::BenchSubscriber;
 
 /// The admin token the benchmark gives `hookline serve`.
@@ -73,6 +74,25 @@ pub struct StackOptions {
     #[arg(long, env = "BENCH_NO_ENRICHMENT")]
     pub no_enrichment: bool,
 
+    /// Deliver to one destination of this kind only: each company gets a single subscription
+    /// (`jira:issue_*`) to it, and no other (no fan-out, no filters that never match). For
+    /// broker kinds the benchmark creates the stream, exchange and queue, or JetStream stream,
+    /// and reads every message from it. Unset: the default four HTTP subscriptions per company.
+    #[arg(long, env = "BENCH_DESTINATION", value_enum)]
+    pub destination: Option<DestinationKind>,
+
+    /// RabbitMQ URL of `--destination amqp`.
+    #[arg(
+        long,
+        env = "BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// NATS URL of `--destination nats` (JetStream enabled).
+    #[arg(long, env = "BENCH_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
     /// Directory for the processes' logs and the worker's final `/metrics`. Default: a new
     /// directory under the system's temporary directory.
     #[arg(long, env = "BENCH_RUN_DIR")]
@@ -130,8 +150,12 @@ pub struct Stack {
     /// deliveries the figures count (one per event).
     pub subscriber: BenchSubscriber,
     /// A second subscriber: every company's subscription to project ORB's issue events (the
-    /// fan-out: a second delivery of every event, checked for loss and duplicates too).
-    pub fanout: BenchSubscriber,
+    /// fan-out: a second delivery of every event, checked for loss and duplicates too). None
+    /// with `--destination`.
+    pub fanout: Option<BenchSubscriber>,
+    /// The reader of the broker destination of `--destination <broker kind>`; it counts into
+    /// `subscriber`'s recorder.
+    pub consumer: Option<BrokerConsumer>,
     /// `hookline serve`.
     pub api: Option<HooklineProcess>,
     /// `hookline worker`.
@@ -171,7 +195,26 @@ impl Stack {
         let queue_prefix = format!("hookline-bench-{id}");
         let fake = FakeAtlassian::start().await;
         let subscriber = BenchSubscriber::start().await?;
-        let fanout = BenchSubscriber::start().await?;
+        let fanout = match options.destination {
+            None => Some(BenchSubscriber::start().await?),
+            Some(_) => None,
+        };
+        let consumer = match options.destination {
+            None | Some(DestinationKind::Http) => None,
+            Some(kind) => {
+                let urls = BrokerUrls {
+                    redis: options.redis_url.clone(),
+                    amqp: options.amqp_url.clone(),
+                    nats: options.nats_url.clone(),
+                };
+                let run = format!("hookline-bench-{id}");
+                Some(
+                    BrokerConsumer::start(kind, &urls, &run, subscriber.recorder())
+                        .await
+                        .with_context(|| format!("setting up the {} destination", kind.name()))?,
+                )
+            }
+        };
         fake.serve_every_issue();
         let api_port = free_port()?;
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
@@ -225,6 +268,7 @@ impl Stack {
             fake,
             subscriber,
             fanout,
+            consumer,
             api: None,
             worker: None,
             connections: Vec::new(),
@@ -378,6 +422,9 @@ impl Stack {
             eprintln!("could not drop database {}: {error:#}", self.database);
         }
         tests::services::delete_keys(&self.options.redis_url, &self.queue_prefix).await;
+        if let Some(consumer) = self.consumer.take() {
+            consumer.stop().await;
+        }
     }
 
     fn log_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
@@ -431,10 +478,7 @@ impl Stack {
     }
 
     /// The tenants: `companies` companies, each with `sites_per_company` Jira connections
-    /// (OAuth through the fake, or admin-registered) and four subscriptions with different
-    /// filters: `jira:issue_*` (the counted subscriber), `jira:issue_*` of project ORB (the
-    /// fan-out subscriber), and two that issue events never match (`comment_*`, and
-    /// `jira:issue_*` of project NOPE), which every event is still matched against.
+    /// (OAuth through the fake, or admin-registered) and its subscriptions (`subscribe`).
     async fn create_tenant(&mut self) -> anyhow::Result<()> {
         for company in 0..self.options.companies.max(1) {
             let created = self
@@ -482,38 +526,66 @@ impl Stack {
                     string_field(connection, "webhookSecret")?,
                 ));
             }
-            let subscriptions = [
-                (self.subscriber.url.clone(), "jira:issue_*", None),
+            self.subscribe(&api_key).await?;
+        }
+        Ok(())
+    }
+
+    /// A company's subscriptions. By default four with different filters: `jira:issue_*` (the
+    /// counted subscriber), `jira:issue_*` of project ORB (the fan-out subscriber), and two
+    /// that issue events never match (`comment_*`, and `jira:issue_*` of project NOPE), which
+    /// every event is still matched against. With `--destination`, one `jira:issue_*`
+    /// subscription to that destination.
+    async fn subscribe(&self, api_key: &str) -> anyhow::Result<()> {
+        let http = |url: &str| serde_json::json!({ "type": "http", "url": url });
+        let subscriptions = match &self.fanout {
+            Some(fanout) => vec![
+                (http(&self.subscriber.url), "jira:issue_*", None, true),
                 (
-                    self.fanout.url.clone(),
+                    http(&fanout.url),
                     "jira:issue_*",
                     Some(serde_json::json!({"projectKeys": ["ORB"]})),
+                    false,
                 ),
-                (self.fanout.url.clone(), "comment_*", None),
+                (http(&fanout.url), "comment_*", None, false),
                 (
-                    self.subscriber.url.clone(),
+                    http(&self.subscriber.url),
                     "jira:issue_*",
                     Some(serde_json::json!({"projectKeys": ["NOPE"]})),
+                    true,
                 ),
-            ];
-            for (index, (url, event_type, filters)) in subscriptions.into_iter().enumerate() {
-                let mut body = serde_json::json!({ "url": url, "eventTypes": [event_type] });
-                if let Some(filters) = filters {
-                    body["filters"] = filters;
-                }
-                let subscription = self
-                    .call(
-                        reqwest::Method::POST,
-                        "/api/v1/subscriptions",
-                        &api_key,
-                        Some(body),
-                    )
-                    .await?;
-                let secret = string_field(&subscription, "secret")?;
-                match index {
-                    0 | 3 => self.subscriber.add_secret(&secret),
-                    _ => self.fanout.add_secret(&secret),
-                }
+            ],
+            None => {
+                let destination = match &self.consumer {
+                    Some(consumer) => consumer.destination.clone(),
+                    None => http(&self.subscriber.url),
+                };
+                vec![(destination, "jira:issue_*", None, true)]
+            }
+        };
+        for (destination, event_type, filters, counted) in subscriptions {
+            // An HTTP destination goes as `url`, the form binaries before broker destinations
+            // (a baseline) understand too.
+            let mut body = if destination["type"] == "http" {
+                serde_json::json!({ "url": destination["url"], "eventTypes": [event_type] })
+            } else {
+                serde_json::json!({ "destination": destination, "eventTypes": [event_type] })
+            };
+            if let Some(filters) = filters {
+                body["filters"] = filters;
+            }
+            let subscription = self
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/subscriptions",
+                    api_key,
+                    Some(body),
+                )
+                .await?;
+            let secret = string_field(&subscription, "secret")?;
+            match (&self.fanout, counted) {
+                (Some(fanout), false) => fanout.add_secret(&secret),
+                _ => self.subscriber.add_secret(&secret),
             }
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! A lean subscriber for the benchmark: it verifies the Standard Webhooks signature of every
 //! delivery, notes when it arrived, which event it carries and the enrichment status, and
 //! answers 204. Unlike `tests::fake_subscriber` it keeps no headers or bodies, so it stays cheap
-//! at thousands of deliveries per second.
+//! at thousands of deliveries per second. Its [`Recorder`] also counts what the broker consumers
+//! (`consumer.rs`) read, so every destination kind is checked the same way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -46,14 +47,82 @@ pub struct Received {
 pub struct BenchSubscriber {
     /// `http://127.0.0.1:<port>/hook`.
     pub url: String,
-    state: Arc<State>,
+    recorder: Arc<Recorder>,
     server: tokio::task::JoinHandle<()>,
 }
 
-struct State {
+/// Verifies and counts deliveries, whatever carried them (HTTP or a broker).
+#[derive(Default)]
+pub struct Recorder {
     /// The `whsec_…` secrets of the subscriptions delivering here (one per company).
     secrets: Mutex<Vec<String>>,
     received: Mutex<Received>,
+}
+
+/// Why a delivery was not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No subscription's secret verifies its signature.
+    BadSignature,
+    /// The body is not the documented envelope.
+    Unparsable,
+}
+
+impl Recorder {
+    /// The signing secret of one more subscription delivering here.
+    pub fn add_secret(&self, secret: &str) {
+        self.secrets
+            .lock()
+            .expect("recorder lock")
+            .push(secret.to_owned());
+    }
+
+    /// How many distinct events were delivered so far.
+    pub fn distinct_events(&self) -> usize {
+        self.received.lock().expect("recorder lock").per_event.len()
+    }
+
+    /// Everything received so far (taken out; counting starts afresh).
+    pub fn take(&self) -> Received {
+        std::mem::take(&mut *self.received.lock().expect("recorder lock"))
+    }
+
+    /// Verifies one delivery's Standard Webhooks signature (`id`, `timestamp`, `signature`
+    /// headers over `body`), reads its envelope and counts it as arrived `at`.
+    pub fn record(
+        &self,
+        at: Instant,
+        id: &str,
+        timestamp: &str,
+        signature: &str,
+        body: &[u8],
+    ) -> Result<(), Refused> {
+        let secrets = self.secrets.lock().expect("recorder lock").clone();
+        let verified = secrets
+            .iter()
+            .any(|secret| api::sink::verify(secret, id, timestamp, body, signature).is_ok());
+        if !verified {
+            self.received.lock().expect("recorder lock").bad_signatures += 1;
+            return Err(Refused::BadSignature);
+        }
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
+            self.received.lock().expect("recorder lock").unparsable += 1;
+            return Err(Refused::Unparsable);
+        };
+        let data = envelope.data;
+        let mut received = self.received.lock().expect("recorder lock");
+        received.arrivals.push(Arrival {
+            at,
+            event_id: data.event_id,
+            seq: data.raw.hookline_bench_seq,
+        });
+        *received.per_event.entry(data.event_id).or_default() += 1;
+        *received
+            .enrichment
+            .entry(data.enrichment.status)
+            .or_default() += 1;
+        Ok(())
+    }
 }
 
 /// The part of a delivery the benchmark reads (DESIGN §10).
@@ -84,10 +153,7 @@ struct Raw {
 impl BenchSubscriber {
     /// Starts the subscriber on a free loopback port.
     pub async fn start() -> anyhow::Result<Self> {
-        let state = Arc::new(State {
-            secrets: Mutex::new(Vec::new()),
-            received: Mutex::new(Received::default()),
-        });
+        let recorder = Arc::new(Recorder::default());
         let acceptor = TcpListener::bind("127.0.0.1:0")
             .into_acceptor()
             .await
@@ -97,7 +163,9 @@ impl BenchSubscriber {
             .into_iter()
             .find_map(|addr| addr.as_socket_addr().copied())
             .context("the subscriber's listener has no address")?;
-        let app = Route::new().at("/hook", post(receive)).data(state.clone());
+        let app = Route::new()
+            .at("/hook", post(receive))
+            .data(recorder.clone());
         let server = tokio::spawn(async move {
             if let Err(error) = Server::new_with_acceptor(acceptor).run(app).await {
                 eprintln!("the benchmark subscriber stopped: {error}");
@@ -105,33 +173,29 @@ impl BenchSubscriber {
         });
         Ok(Self {
             url: format!("http://{addr}/hook"),
-            state,
+            recorder,
             server,
         })
     }
 
+    /// What counts the deliveries made here (broker consumers can feed it too).
+    pub fn recorder(&self) -> Arc<Recorder> {
+        self.recorder.clone()
+    }
+
     /// The signing secret of one more subscription delivering here.
     pub fn add_secret(&self, secret: &str) {
-        self.state
-            .secrets
-            .lock()
-            .expect("subscriber lock")
-            .push(secret.to_owned());
+        self.recorder.add_secret(secret);
     }
 
     /// How many distinct events were delivered so far.
     pub fn distinct_events(&self) -> usize {
-        self.state
-            .received
-            .lock()
-            .expect("subscriber lock")
-            .per_event
-            .len()
+        self.recorder.distinct_events()
     }
 
     /// Everything received so far (taken out; the subscriber starts afresh).
     pub fn take(&self) -> Received {
-        std::mem::take(&mut *self.state.received.lock().expect("subscriber lock"))
+        self.recorder.take()
     }
 }
 
@@ -142,7 +206,7 @@ impl Drop for BenchSubscriber {
 }
 
 #[handler]
-async fn receive(req: &Request, body: Body, state: Data<&Arc<State>>) -> StatusCode {
+async fn receive(req: &Request, body: Body, recorder: Data<&Arc<Recorder>>) -> StatusCode {
     let at = Instant::now();
     let Ok(body) = body.into_bytes_limit(16 * 1024 * 1024).await else {
         return StatusCode::PAYLOAD_TOO_LARGE;
@@ -153,40 +217,16 @@ async fn receive(req: &Request, body: Body, state: Data<&Arc<State>>) -> StatusC
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
     };
-    let secrets = state.secrets.lock().expect("subscriber lock").clone();
-    let verified = secrets.iter().any(|secret| {
-        api::sink::verify(
-            secret,
-            header("webhook-id"),
-            header("webhook-timestamp"),
-            &body,
-            header("webhook-signature"),
-        )
-        .is_ok()
-    });
-    if !verified {
-        state
-            .received
-            .lock()
-            .expect("subscriber lock")
-            .bad_signatures += 1;
-        return StatusCode::UNAUTHORIZED;
-    }
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(&body) else {
-        state.received.lock().expect("subscriber lock").unparsable += 1;
-        return StatusCode::BAD_REQUEST;
-    };
-    let data = envelope.data;
-    let mut received = state.received.lock().expect("subscriber lock");
-    received.arrivals.push(Arrival {
+    match recorder.record(
         at,
-        event_id: data.event_id,
-        seq: data.raw.hookline_bench_seq,
-    });
-    *received.per_event.entry(data.event_id).or_default() += 1;
-    *received
-        .enrichment
-        .entry(data.enrichment.status)
-        .or_default() += 1;
-    StatusCode::NO_CONTENT
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+        &body,
+    ) {
+        Ok(()) => StatusCode::NO_CONTENT,
+        // 401 and 400: hookline retries, so a bad delivery shows as a duplicate too.
+        Err(Refused::BadSignature) => StatusCode::UNAUTHORIZED,
+        Err(Refused::Unparsable) => StatusCode::BAD_REQUEST,
+    }
 }
