@@ -65,9 +65,12 @@ pub async fn connect(
     original_url: &str,
     timeouts: BrokerTimeouts,
 ) -> Result<NatsConnection, String> {
+    // Only the address the SSRF guard checked: a server's INFO may announce other cluster
+    // members (`connect_urls`), which the client would otherwise reconnect to unchecked.
     let mut options = async_nats::ConnectOptions::new()
         .connection_timeout(timeouts.connect)
         .request_timeout(Some(timeouts.publish))
+        .ignore_discovered_servers()
         .name(concat!("hookline/", env!("CARGO_PKG_VERSION")));
     options = match credentials(url) {
         (Some(user), Some(password)) => options.user_and_password(user, password),
