@@ -23,6 +23,7 @@ mod m20261201_143000_move_oauth_credentials_into_grants;
 mod m20261201_170000_add_payload_to_webhook_event;
 mod m20261201_180000_create_jira_webhook;
 mod m20261201_200000_add_destination_to_subscription;
+mod m20261202_010000_narrow_pipeline_indexes;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_170000_add_payload_to_webhook_event::Migration),
             Box::new(m20261201_180000_create_jira_webhook::Migration),
             Box::new(m20261201_200000_add_destination_to_subscription::Migration),
+            Box::new(m20261202_010000_narrow_pipeline_indexes::Migration),
         ]
     }
 }

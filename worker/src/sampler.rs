@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::jobs::{Deliver, DeliverRetry, ProcessEvents};
 use crate::queue::Job;
 use crate::runner::JobContext;
+use crate::sql;
 
 /// How often the gauges are refreshed.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,7 +51,7 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::min(Expr::col(webhook_event::Column::ReceivedAt))),
             "oldest",
         )
-        .filter(webhook_event::Column::Status.is_in([
+        .filter(sql::status_in(&[
             webhook_event::status::RECEIVED,
             webhook_event::status::PROCESSING,
         ]))
@@ -71,10 +72,10 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::min(Expr::col(delivery::Column::NextAttemptAt))),
             "oldest",
         )
-        .filter(
-            delivery::Column::Status
-                .is_in([delivery::status::PENDING, delivery::status::IN_FLIGHT]),
-        )
+        .filter(sql::status_in(&[
+            delivery::status::PENDING,
+            delivery::status::IN_FLIGHT,
+        ]))
         .filter(delivery::Column::NextAttemptAt.lte(now))
         .into_tuple()
         .one(&ctx.db)
@@ -89,7 +90,7 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::count(Expr::col(delivery::Column::Id))),
             "count",
         )
-        .filter(delivery::Column::Status.eq(delivery::status::DEAD))
+        .filter(sql::status_is(delivery::status::DEAD))
         .into_tuple()
         .one(&ctx.db)
         .await

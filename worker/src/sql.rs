@@ -2,8 +2,33 @@
 //! keep one statement shape per backend, and Postgres arrays with NULLs for `unnest`.
 
 use sea_orm::DatabaseBackend;
-use sea_orm::sea_query::{ArrayType, Value};
+use sea_orm::sea_query::{ArrayType, Expr, Value};
 use uuid::Uuid;
+
+/// `status = '<value>'` with the value written into the statement, not bound. The status
+/// indexes are partial (only the statuses still waiting for work, see the migration
+/// `m20261202_010000_narrow_pipeline_indexes`): a planner can use one only when it sees the
+/// value, which a bound parameter hides from SQLite's planner and from a generic Postgres plan.
+/// `value` is one of the entity crate's status constants, never input.
+pub fn status_is(value: &'static str) -> Expr {
+    debug_assert!(
+        value.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "status constants are plain words"
+    );
+    Expr::cust(format!("status = '{value}'"))
+}
+
+/// `status IN ('<a>', '<b>', …)`, written into the statement (see [`status_is`]).
+pub fn status_in(values: &[&'static str]) -> Expr {
+    debug_assert!(
+        values
+            .iter()
+            .all(|value| value.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+        "status constants are plain words"
+    );
+    let list: Vec<String> = values.iter().map(|value| format!("'{value}'")).collect();
+    Expr::cust(format!("status IN ({})", list.join(", ")))
+}
 
 /// `id = ANY($first)` with one array on Postgres (one statement shape whatever the batch size,
 /// so Postgres plans it once), or `id IN ($first, …)` on SQLite; with the values to bind.

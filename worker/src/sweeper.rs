@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::janitor;
 use crate::jobs::{Deliver, DeliverRetry, ProcessEvents};
 use crate::runner::JobContext;
+use crate::sql;
 
 /// Most rows released per statement; a sweep repeats until fewer are due.
 const BATCH: u64 = 1000;
@@ -114,14 +115,14 @@ async fn release_due_events(ctx: &JobContext, ignore_grace: bool) -> anyhow::Res
             .add(webhook_event::Column::LockedUntil.is_null())
             .add(webhook_event::Column::LockedUntil.lt(now));
         let waiting = if ignore_grace {
-            Condition::all().add(webhook_event::Column::Status.eq(status::RECEIVED))
+            Condition::all().add(sql::status_is(status::RECEIVED))
         } else {
             Condition::all()
-                .add(webhook_event::Column::Status.eq(status::RECEIVED))
+                .add(sql::status_is(status::RECEIVED))
                 .add(expired.clone())
         };
         let abandoned = Condition::all()
-            .add(webhook_event::Column::Status.eq(status::PROCESSING))
+            .add(sql::status_is(status::PROCESSING))
             .add(expired);
         Condition::any().add(waiting).add(abandoned)
     };
@@ -212,7 +213,7 @@ async fn release_due_deliveries(
                 delivery::Column::LockedUntil,
                 Expr::col(delivery::Column::NextAttemptAt),
             )
-            .filter(delivery::Column::Status.eq(delivery::status::PENDING))
+            .filter(sql::status_is(delivery::status::PENDING))
             .filter(delivery::Column::NextAttemptAt.gt(now))
             .exec(&ctx.db)
             .await
@@ -227,16 +228,16 @@ async fn release_due_deliveries(
             .add(delivery::Column::NextAttemptAt.lte(now));
         let pending = if ignore_grace {
             Condition::all()
-                .add(delivery::Column::Status.eq(delivery::status::PENDING))
+                .add(sql::status_is(delivery::status::PENDING))
                 .add(attempt_due.clone())
         } else {
             Condition::all()
-                .add(delivery::Column::Status.eq(delivery::status::PENDING))
+                .add(sql::status_is(delivery::status::PENDING))
                 .add(attempt_due.clone())
                 .add(expired.clone())
         };
         let abandoned = Condition::all()
-            .add(delivery::Column::Status.eq(delivery::status::IN_FLIGHT))
+            .add(sql::status_is(delivery::status::IN_FLIGHT))
             .add(expired);
         Condition::any().add(pending).add(abandoned)
     };
