@@ -180,6 +180,7 @@ impl Application {
             )?,
             subscriptions: Arc::default(),
             event_batches: Arc::default(),
+            running_batches: Arc::default(),
             destinations: Arc::new(worker::destination::pool::DestinationPool::new(
                 worker::destination::broker::BrokerTimeouts {
                     connect: settings.delivery_connect_timeout,

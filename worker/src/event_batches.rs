@@ -133,7 +133,7 @@ impl EventBatches {
         // leader's handler (its worker restarts after Redis went away), the claimed events are
         // still processed and the other jobs still answered, instead of waiting out the lease.
         let ctx = ctx.clone();
-        let batch = tokio::spawn(async move {
+        let batch = ctx.running_batches.clone().spawn(async move {
             let result: Shared = process_events::run_counted(&ctx, &event_ids)
                 .await
                 .map_err(|error| Arc::from(format!("{error:#}")));

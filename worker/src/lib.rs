@@ -19,6 +19,7 @@ pub mod queue;
 pub mod retention;
 pub mod retry_schedule;
 pub mod runner;
+pub mod running_batches;
 pub mod sampler;
 pub mod signature;
 pub mod sql;

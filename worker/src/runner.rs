@@ -40,6 +40,8 @@ pub struct JobContext {
     pub subscriptions: Arc<crate::subscription_cache::SubscriptionCache>,
     /// Merges the `ProcessEvents` jobs running at once in this process into one batch.
     pub event_batches: Arc<crate::event_batches::EventBatches>,
+    /// The batches running in tasks of their own; shutdown waits for them.
+    pub running_batches: Arc<crate::running_batches::RunningBatches>,
     /// Broker connections (Redis Streams, AMQP, NATS), pooled per destination.
     pub destinations: Arc<crate::destination::pool::DestinationPool>,
 }
@@ -168,6 +170,21 @@ pub async fn run_workers(
     while let Some(joined) = workers.join_next().await {
         if let Err(error) = joined {
             result = Err(anyhow::Error::new(error).context("a worker task panicked"));
+        }
+    }
+    // A batch whose handler apalis stopped without waiting still runs in its own task: let it
+    // finish its attempts and record them before the process exits.
+    let running = ctx.running_batches.count();
+    if running > 0 {
+        tracing::info!(
+            batches = running,
+            "waiting for the running batches to finish"
+        );
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, ctx.running_batches.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?SHUTDOWN_TIMEOUT, batches = ctx.running_batches.count(), "batches did not finish before the shutdown timeout; the sweeper hands their rows out again");
         }
     }
     sweeper.abort();

@@ -123,7 +123,8 @@ async fn handle_any(
     // waiting out their lease.
     let batch = {
         let (ctx, ids) = (ctx.clone(), delivery_ids.to_vec());
-        tokio::spawn(async move { run(&ctx, &ids).await }.instrument(span.clone()))
+        let running = ctx.running_batches.clone();
+        running.spawn(async move { run(&ctx, &ids).await }.instrument(span.clone()))
     };
     let result = match batch.await {
         Ok(result) => result,
