@@ -87,13 +87,7 @@ impl MigrationTrait for Migration {
         if postgres {
             db.execute_unprepared("ALTER TABLE webhook_event SET (toast_tuple_target = 128)")
                 .await?;
-            if lz4_available(manager).await? {
-                db.execute_unprepared(
-                    "ALTER TABLE webhook_event ALTER COLUMN body SET COMPRESSION lz4, \
-                     ALTER COLUMN payload SET COMPRESSION lz4",
-                )
-                .await?;
-            }
+            set_body_compression(manager, "lz4").await?;
         }
         Ok(())
     }
@@ -104,13 +98,7 @@ impl MigrationTrait for Migration {
         if postgres {
             db.execute_unprepared("ALTER TABLE webhook_event RESET (toast_tuple_target)")
                 .await?;
-            if lz4_available(manager).await? {
-                db.execute_unprepared(
-                    "ALTER TABLE webhook_event ALTER COLUMN body SET COMPRESSION default, \
-                     ALTER COLUMN payload SET COMPRESSION default",
-                )
-                .await?;
-            }
+            set_body_compression(manager, "default").await?;
         }
         for swap in SWAPS.iter().filter(|swap| postgres || !swap.postgres_only) {
             db.execute_unprepared(&format!(
@@ -125,18 +113,28 @@ impl MigrationTrait for Migration {
     }
 }
 
-/// Whether this Postgres server can compress with LZ4 (14 and later, built with it).
-async fn lz4_available(manager: &SchemaManager<'_>) -> Result<bool, DbErr> {
-    let row = manager
-        .get_connection()
+/// Compresses `webhook_event.body` and `payload` with `method` from now on (`lz4`, or
+/// `default` for the server's default), where this Postgres server can compress with LZ4 (14 and
+/// later, built with it); otherwise leaves them as they are.
+async fn set_body_compression(manager: &SchemaManager<'_>, method: &str) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    let row = db
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DatabaseBackend::Postgres,
             "SELECT count(*) AS n FROM pg_settings \
              WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)",
         ))
         .await?;
-    Ok(match row {
+    let lz4 = match row {
         Some(row) => row.try_get::<i64>("", "n")? > 0,
         None => false,
-    })
+    };
+    if lz4 {
+        db.execute_unprepared(&format!(
+            "ALTER TABLE webhook_event ALTER COLUMN body SET COMPRESSION {method}, \
+             ALTER COLUMN payload SET COMPRESSION {method}"
+        ))
+        .await?;
+    }
+    Ok(())
 }
