@@ -7,8 +7,9 @@
 //! 1. **Claim** the batch in one statement: each row that is due `pending`, or `in_flight` under
 //!    an expired lease, becomes `in_flight` and its `attempts` grows by one, which then fences
 //!    the final write.
-//! 2. Read the batch's subscriptions and events (the stored envelope and raw body) in one query
-//!    each. A disabled subscription's deliveries are parked, unattempted.
+//! 2. Read the batch's subscriptions and events (the stored envelope and raw body): on Postgres
+//!    in the claim's own statement, on SQLite in one query each. A disabled subscription's
+//!    deliveries are parked, unattempted.
 //! 3. **Send** every delivery concurrently: the event's envelope is assembled once for all its
 //!    deliveries, signed per delivery, and handed to the subscription's destination.
 //! 4. **Record in waves**: every finished attempt of a wave in one transaction (the delivery's
@@ -169,9 +170,15 @@ pub async fn run(ctx: &JobContext, delivery_ids: &[Uuid]) -> anyhow::Result<Batc
     let mut ids = delivery_ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let claimed = db_retry::retry("claim deliveries", || claim(ctx, &ids))
-        .await
-        .context("could not claim the deliveries")?;
+    let ClaimedBatch {
+        claimed,
+        subscriptions,
+        events,
+    } = if ctx.db.get_database_backend() == DatabaseBackend::Postgres {
+        claim_with_context(ctx, &ids).await?
+    } else {
+        claim_then_read(ctx, &ids).await?
+    };
     let mut outcome = BatchOutcome {
         not_claimed: ids.len() - claimed.len(),
         ..BatchOutcome::default()
@@ -180,8 +187,6 @@ pub async fn run(ctx: &JobContext, delivery_ids: &[Uuid]) -> anyhow::Result<Batc
         return Ok(outcome);
     }
 
-    let subscriptions = read_subscriptions(ctx, &claimed).await?;
-    let events = read_events(ctx, &claimed).await?;
     let mut parked = Vec::new();
     let mut waves = Waves::new(WAVE_WAIT);
     let mut secrets: HashMap<Uuid, Option<Arc<str>>> = HashMap::new();
@@ -291,6 +296,116 @@ fn destination_of(
 struct EventBody {
     received_at: DateTime<Utc>,
     body: Vec<u8>,
+}
+
+/// A claimed batch with what sending it needs: the deliveries' subscriptions and their events'
+/// envelopes.
+#[derive(Debug, Default)]
+struct ClaimedBatch {
+    claimed: Vec<Claimed>,
+    subscriptions: HashMap<Uuid, Arc<subscription::Model>>,
+    events: HashMap<Uuid, Arc<EventBody>>,
+}
+
+/// SQLite: the claim, then one query for the subscriptions and one for the events.
+async fn claim_then_read(ctx: &JobContext, ids: &[Uuid]) -> anyhow::Result<ClaimedBatch> {
+    let claimed = db_retry::retry("claim deliveries", || claim(ctx, ids))
+        .await
+        .context("could not claim the deliveries")?;
+    if claimed.is_empty() {
+        return Ok(ClaimedBatch::default());
+    }
+    let subscriptions = read_subscriptions(ctx, &claimed).await?;
+    let events = read_events(ctx, &claimed).await?;
+    Ok(ClaimedBatch {
+        claimed,
+        subscriptions,
+        events,
+    })
+}
+
+/// Postgres: the claim, the subscriptions and the envelopes in one statement (one round trip
+/// and one commit per batch instead of three). Each event's payload and body come back once,
+/// on the row of its first delivery.
+async fn claim_with_context(ctx: &JobContext, ids: &[Uuid]) -> anyhow::Result<ClaimedBatch> {
+    let rows = db_retry::retry("claim deliveries", || {
+        ctx.db.query_all_raw(claim_with_context_statement(ctx, ids))
+    })
+    .await
+    .context("could not claim the deliveries")?;
+    let mut batch = ClaimedBatch::default();
+    for row in rows {
+        let delivery = Claimed::from_query_result(&row, "")?;
+        if !batch.subscriptions.contains_key(&delivery.subscription_id)
+            && let Some(subscription_id) = row.try_get::<Option<Uuid>>("", "s_id")?
+        {
+            let subscription = subscription::Model::from_query_result(&row, "s_")?;
+            batch
+                .subscriptions
+                .insert(subscription_id, Arc::new(subscription));
+        }
+        if row.try_get::<bool>("", "first_of_event")?
+            && let Some(received_at) = row.try_get::<Option<DateTime<Utc>>>("", "received_at")?
+        {
+            let raw: Vec<u8> = row.try_get("", "body")?;
+            let body = match row.try_get::<Option<String>>("", "payload")? {
+                Some(payload) => envelope::body(&payload, &raw),
+                // Processed before payloads were stored: built from its `data` (one more read).
+                None => legacy_body(ctx, delivery.event_id).await?,
+            };
+            batch
+                .events
+                .insert(delivery.event_id, Arc::new(EventBody { received_at, body }));
+        }
+        batch.claimed.push(delivery);
+    }
+    Ok(batch)
+}
+
+/// The statement of [`claim_with_context`]: the claim of [`claim`] as a data-modifying `WITH`,
+/// joined to each delivery's subscription (every column, prefixed `s_`) and event. A delivery
+/// whose subscription or event was deleted meanwhile comes back without them.
+fn claim_with_context_statement(ctx: &JobContext, ids: &[Uuid]) -> Statement {
+    use sea_orm::{IdenStatic as _, Iterable as _};
+    let now = Utc::now();
+    let lease_until = now + ctx.settings.lease + ctx.settings.delivery_timeout;
+    let subscription_columns: Vec<String> = subscription::Column::iter()
+        .map(|column| format!("s.{0} AS s_{0}", column.as_str()))
+        .collect();
+    // `coalesce(status, '')`: see `claim`.
+    let text = format!(
+        "WITH claimed AS ( \
+           UPDATE delivery SET status = $1, locked_until = $2, attempts = attempts + 1, \
+             updated_at = $3 \
+           WHERE ((coalesce(status, '') = $4 \
+                   AND (next_attempt_at IS NULL OR next_attempt_at <= $3)) \
+              OR (coalesce(status, '') = $1 AND locked_until < $3)) AND id = ANY($5) \
+           RETURNING id, event_id, subscription_id, attempts), \
+         numbered AS ( \
+           SELECT claimed.*, \
+             row_number() OVER (PARTITION BY event_id ORDER BY id) = 1 AS first_of_event \
+           FROM claimed) \
+         SELECT c.id, c.event_id, c.subscription_id, c.attempts, c.first_of_event, \
+           e.received_at, \
+           CASE WHEN c.first_of_event THEN e.payload END AS payload, \
+           CASE WHEN c.first_of_event THEN e.body END AS body, \
+           {} \
+         FROM numbered AS c \
+         LEFT JOIN webhook_event AS e ON e.id = c.event_id \
+         LEFT JOIN subscription AS s ON s.id = c.subscription_id",
+        subscription_columns.join(", ")
+    );
+    Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        text,
+        [
+            status::IN_FLIGHT.into(),
+            lease_until.into(),
+            now.into(),
+            status::PENDING.into(),
+            ids.to_vec().into(),
+        ],
+    )
 }
 
 /// The subscriptions of the claimed deliveries, in one query.
