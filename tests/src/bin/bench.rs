@@ -341,6 +341,14 @@ async fn run_drain(
             "moved {promoted} jobs from apalis-redis' scheduled set to the active list (a \
              backlog over ~8,000 jobs otherwise makes every fetch fail: see BENCHMARKS.md)"
         ));
+        // Every drain starts at the same point of Postgres' checkpoint cycle: right after a
+        // checkpoint, every page's first change writes a full-page image to the WAL, which made
+        // the CPU of identical runs differ by a third depending on where a checkpoint fell.
+        if let Err(error) =
+            sea_orm::ConnectionTrait::execute_unprepared(&stack.db, "CHECKPOINT").await
+        {
+            eprintln!("could not run CHECKPOINT before the drain (not a superuser?): {error}");
+        }
         let load_average = procstat::load_average();
         let hz = procstat::clock_ticks_per_second();
         let before = watch.cpu_snapshot();

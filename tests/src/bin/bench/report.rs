@@ -262,7 +262,8 @@ pub fn histogram_means(report: &mut Report, process: &str, metrics: &str) {
     }
 }
 
-/// The run database's activity counters (`pg_stat_database`): commits, rows read and written.
+/// The run database's activity counters (`pg_stat_database`: commits, rows read and written)
+/// and the server's WAL written (`pg_stat_wal`, whole server: full-page images and bytes).
 pub async fn database_counters(db: &DatabaseConnection) -> anyhow::Result<Vec<(String, i64)>> {
     let names = [
         "xact_commit",
@@ -270,9 +271,11 @@ pub async fn database_counters(db: &DatabaseConnection) -> anyhow::Result<Vec<(S
         "tup_fetched",
         "tup_inserted",
         "tup_updated",
+        "wal_fpi",
+        "wal_bytes",
     ];
     let sql = format!(
-        "SELECT {} FROM pg_stat_database WHERE datname = current_database()",
+        "SELECT {} FROM pg_stat_database, pg_stat_wal WHERE datname = current_database()",
         names
             .map(|name| format!("{name}::bigint AS {name}"))
             .join(", ")
@@ -305,8 +308,8 @@ pub fn database_section(
         .zip(after)
         .map(|((name, start), (_, end))| {
             let value = (end - start) as f64 / events.max(1) as f64;
-            report.figure(&format!("pg_{name}_per_event"), format!("{value:.1}"));
-            format!("{name} {value:.1}")
+            report.figure(&format!("pg_{name}_per_event"), format!("{value:.2}"));
+            format!("{name} {value:.2}")
         })
         .collect::<Vec<_>>()
         .join(", ");
