@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use entity::webhook_event;
-use sea_orm::sea_query::{Condition, ExprTrait as _};
+use sea_orm::sea_query::{ArrayType, Condition, ExprTrait as _, Value};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QuerySelect, SqlErr, TryInsertResult,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, SqlErr, Statement, TryInsertResult,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
@@ -134,20 +134,20 @@ async fn write_batch(db: &DatabaseConnection, batch: Vec<Pending>, pusher: &Even
     // Two requests for one delivery in the same batch: the first is inserted, the rest are
     // its duplicates.
     let mut seen = HashSet::new();
-    let unique: Vec<webhook_event::Model> = batch
+    let unique: Vec<&webhook_event::Model> = batch
         .iter()
         .filter(|pending| seen.insert(pending.key.clone()))
-        .map(|pending| pending.event.clone())
+        .map(|pending| &pending.event)
         .collect();
 
-    let outcomes = match insert(db, unique.clone()).await {
+    let outcomes = match insert(db, &unique).await {
         Ok(outcomes) => outcomes,
         Err(error) if unique.len() > 1 && is_statement_error(&error) => {
             tracing::warn!(error = %error, rows = unique.len(), "a batch insert failed: writing its rows one by one");
             let mut outcomes = HashMap::new();
             for event in unique {
-                let key = key_of(&event);
-                match insert(db, vec![event]).await {
+                let key = key_of(event);
+                match insert(db, &[event]).await {
                     Ok(one) => outcomes.extend(one.into_iter().map(|(k, v)| (k, Ok(v)))),
                     Err(error) => {
                         outcomes.insert(key, Err(record_error(error)));
@@ -209,26 +209,16 @@ fn answer(
 /// One multi-row insert, then a lookup of the rows that were already there.
 async fn insert(
     db: &DatabaseConnection,
-    events: Vec<webhook_event::Model>,
+    events: &[&webhook_event::Model],
 ) -> Result<HashMap<DeliveryKey, Recorded>, DbErr> {
     let keys: Vec<(Uuid, DeliveryKey)> = events
         .iter()
         .map(|event| (event.id, key_of(event)))
         .collect();
-    // Every column Set, so that every value is written.
-    let rows = events
-        .into_iter()
-        .map(|event| event.into_active_model().reset_all());
-    let inserted: HashSet<Uuid> = match webhook_event::Entity::insert_many(rows)
-        .on_conflict_do_nothing_on([
-            webhook_event::Column::ConnectionId,
-            webhook_event::Column::DeliveryKey,
-        ])
-        .exec_with_returning_keys(db)
-        .await?
-    {
-        TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
-        TryInsertResult::Conflicted | TryInsertResult::Empty => HashSet::new(),
+    let inserted = if db.get_database_backend() == DatabaseBackend::Postgres {
+        insert_postgres(db, events).await?
+    } else {
+        insert_many(db, events).await?
     };
 
     let mut outcomes = HashMap::with_capacity(keys.len());
@@ -265,6 +255,102 @@ async fn insert(
         }
     }
     Ok(outcomes)
+}
+
+/// Postgres: one statement shape whatever the batch size (`unnest` of one array per column), so
+/// Postgres parses and plans it once per connection, instead of once per batch size (up to
+/// [`MAX_BATCH`] shapes, more than a connection's statement cache holds). Writes the columns a
+/// received webhook has; the processing columns stay NULL.
+async fn insert_postgres(
+    db: &DatabaseConnection,
+    events: &[&webhook_event::Model],
+) -> Result<HashSet<Uuid>, DbErr> {
+    debug_assert!(
+        events.iter().all(|event| event.event_type.is_none()
+            && event.data.is_none()
+            && event.payload.is_none()
+            && event.error.is_none()
+            && event.processed_at.is_none()
+            && event.replay_of.is_none()),
+        "the event writer records webhooks as received, before any processing"
+    );
+    let column = |value: fn(&webhook_event::Model) -> Value| -> Vec<Value> {
+        events.iter().map(|event| value(event)).collect()
+    };
+    let statement = Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "INSERT INTO webhook_event (id, connection_id, company_id, plugin_id, delivery_key, \
+           received_at, headers, body, status, attempts, locked_until) \
+         SELECT u.id, u.connection_id, u.company_id, u.plugin_id, u.delivery_key, u.received_at, \
+           u.headers::jsonb, u.body, u.status, u.attempts, \
+           NULLIF(u.locked_until, '')::timestamptz \
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                     $6::timestamptz[], $7::text[], $8::bytea[], $9::text[], $10::int4[], \
+                     $11::text[]) \
+           AS u(id, connection_id, company_id, plugin_id, delivery_key, received_at, headers, \
+                body, status, attempts, locked_until) \
+         ON CONFLICT (connection_id, delivery_key) DO NOTHING \
+         RETURNING id",
+        [
+            array(ArrayType::Uuid, column(|e| e.id.into())),
+            array(ArrayType::Uuid, column(|e| e.connection_id.into())),
+            array(ArrayType::Uuid, column(|e| e.company_id.into())),
+            array(ArrayType::String, column(|e| e.plugin_id.clone().into())),
+            array(ArrayType::String, column(|e| e.delivery_key.clone().into())),
+            array(
+                ArrayType::ChronoDateTimeUtc,
+                column(|e| e.received_at.into()),
+            ),
+            array(ArrayType::String, column(|e| e.headers.to_string().into())),
+            array(ArrayType::Bytes, column(|e| e.body.clone().into())),
+            array(ArrayType::String, column(|e| e.status.clone().into())),
+            array(ArrayType::Int, column(|e| e.attempts.into())),
+            // sea-query cannot bind NULL elements: an absent lease travels as ''.
+            array(
+                ArrayType::String,
+                column(|e| {
+                    e.locked_until
+                        .map(|at| at.to_rfc3339())
+                        .unwrap_or_default()
+                        .into()
+                }),
+            ),
+        ],
+    );
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<Uuid>("", "id"))
+        .collect()
+}
+
+/// A Postgres array of `values`, all of type `of` and none NULL.
+fn array(of: ArrayType, values: Vec<Value>) -> Value {
+    Value::Array(of, Some(Box::new(values)))
+}
+
+/// SQLite: sea-orm's multi-row insert (in-process, so a statement per batch size costs little).
+async fn insert_many(
+    db: &DatabaseConnection,
+    events: &[&webhook_event::Model],
+) -> Result<HashSet<Uuid>, DbErr> {
+    // Every column Set, so that every value is written.
+    let rows = events
+        .iter()
+        .map(|&event| event.clone().into_active_model().reset_all());
+    Ok(
+        match webhook_event::Entity::insert_many(rows)
+            .on_conflict_do_nothing_on([
+                webhook_event::Column::ConnectionId,
+                webhook_event::Column::DeliveryKey,
+            ])
+            .exec_with_returning_keys(db)
+            .await?
+        {
+            TryInsertResult::Inserted(ids) => ids.into_iter().collect(),
+            TryInsertResult::Conflicted | TryInsertResult::Empty => HashSet::new(),
+        },
+    )
 }
 
 fn key_of(event: &webhook_event::Model) -> DeliveryKey {
