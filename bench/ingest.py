@@ -21,7 +21,9 @@ COMPANIES (4), CONNECTIONS_PER_COMPANY (3), BODIES (2000), SSLMODES ("prefer dis
 variants of each server per sslmode; "prefer" is the default of a URL without sslmode),
 POOL_SIZES (e.g. "8 32": extra hookline variants with HOOKLINE_DATABASE_POOL_SIZE, if this
 hookline has that setting), PERF (a file: record a perf profile of the hookline API during its
-first 16-connection run), BIN (the release directory), FIXTURE.
+first 16-connection run), BIN (the release directory), FIXTURE, BASELINE_BIN (another
+`hookline` binary, e.g. main before a change: an extra "hookline baseline" variant per sslmode,
+on the same schema).
 """
 
 import copy
@@ -52,6 +54,7 @@ BODIES = int(os.environ.get("BODIES", "2000"))
 SSLMODES = os.environ.get("SSLMODES", "prefer disable").split()
 POOL_SIZES = os.environ.get("POOL_SIZES", "").split()
 PERF = os.environ.get("PERF")
+BASELINE_BIN = os.environ.get("BASELINE_BIN")
 FIXTURE = os.environ.get(
     "FIXTURE", os.path.join(ROOT, "fixtures", "jira", "webhook_issue_created.json")
 )
@@ -310,6 +313,8 @@ def main():
             env = dict(base_env, DATABASE_URL=postgres.url("bench", sslmode))
             variants.append((f"hookline{suffix}", [f"{BIN}/hookline", "serve"], env))
             variants.append((f"insert-only{suffix}", [f"{BIN}/ingest-insert-only"], env))
+            if BASELINE_BIN:
+                variants.append((f"hookline baseline{suffix}", [BASELINE_BIN, "serve"], env))
         for size in POOL_SIZES:
             env = dict(base_env, DATABASE_URL=postgres.url("bench", "prefer"), HOOKLINE_DATABASE_POOL_SIZE=size)
             variants.append((f"hookline pool={size}", [f"{BIN}/hookline", "serve"], env))
@@ -372,7 +377,7 @@ def main():
         print("|---|---|---|---|---|---|---|---|---|")
         for (name, concurrency), runs in results.items():
             med = lambda key: statistics.median(run[key] for run in runs)
-            baseline_name = "insert-only" + (name[len("hookline"):] if name.startswith("hookline sslmode") else "")
+            baseline_name = "insert-only" + (name[name.index(" sslmode="):] if " sslmode=" in name else "")
             baseline = results.get((baseline_name, concurrency))
             ratio = ""
             if baseline and not name.startswith("insert-only"):
