@@ -241,9 +241,17 @@ impl Browser {
             .await
     }
 
-    /// Clicks the button whose text is `text`.
+    /// Clicks the button whose text is `text`, and waits (at most [`FIND_TIMEOUT`]) for the page
+    /// it was on to be replaced: every button of the console submits a form, and the page read
+    /// right after a click could otherwise still be the one the button was on.
     pub async fn click_button(&self, text: &str) {
-        self.button(text).await.click().await.expect("click");
+        let button = self.button(text).await;
+        button.click().await.expect("click");
+        let deadline = std::time::Instant::now() + FIND_TIMEOUT;
+        // The button is gone (a stale element) once the form's answer is the page.
+        while button.is_enabled().await.is_ok() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Reloads the page until its text contains `expected` (at most `timeout`).
