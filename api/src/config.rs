@@ -152,10 +152,8 @@ pub struct Settings {
     #[arg(long, env = "HOOKLINE_JIRA_WEBHOOK_RENEWAL_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub jira_webhook_renewal_interval: Duration,
 
-    /// Jobs of one queue a worker process runs at once. Each job is a batch, and most of a job's
-    /// time is spent waiting on Postgres, Jira or a subscriber: at 32, one worker drained 12-20 %
-    /// more events per second than at 16, at no more CPU per event (BENCHMARKS.md).
-    #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 32)]
+    /// Jobs of one queue a worker process runs at once.
+    #[arg(long, env = "HOOKLINE_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
 
     /// Database connections one process keeps at most (API and workers share the pool of a

@@ -94,7 +94,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         Self {
-            concurrency: 32,
+            concurrency: 16,
             process_name: format!("hookline-{}-{}", std::process::id(), short_id()),
             sweep_interval: Duration::from_secs(5),
             lease: Duration::from_secs(60),

@@ -43,7 +43,7 @@ pub struct StackOptions {
     pub redis_url: String,
 
     /// `HOOKLINE_WORKER_CONCURRENCY` of the worker process (jobs per queue at once).
-    #[arg(long, env = "BENCH_WORKER_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "BENCH_WORKER_CONCURRENCY", default_value_t = 16)]
     pub worker_concurrency: usize,
 
     /// `RUST_LOG` of the hookline processes (their logs go to files in the run directory).
