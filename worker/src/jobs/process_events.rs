@@ -6,7 +6,8 @@
 //!    runs twice, or two workers racing on one event, do the work once.
 //! 2. An event claimed more than `poison_attempts` times ends `failed` with its last error.
 //! 3. **Parse** each body once; a malformed one ends `failed` with the reason.
-//! 4. Read the batch's connections in one query and its companies' subscriptions through the
+//! 4. Read the batch's connections (on Postgres in the claim's own statement, on SQLite in one
+//!    query) and its companies' subscriptions through the
 //!    [`SubscriptionCache`](crate::subscription_cache::SubscriptionCache).
 //! 5. **Enrich** concurrently, bounded by `enrichment_concurrency`, one issue read per
 //!    (connection, issue) of the batch.
@@ -211,9 +212,21 @@ pub async fn run(ctx: &JobContext, event_ids: &[Uuid]) -> anyhow::Result<BatchOu
     let mut ids = event_ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let claimed = db_retry::retry("claim events", || claim(ctx, &ids))
-        .await
-        .context("could not claim the events")?;
+    // Postgres reads the events' connections in the claim's own statement; SQLite reads them
+    // once the bodies are parsed.
+    let (claimed, claimed_connections) =
+        if ctx.db.get_database_backend() == DatabaseBackend::Postgres {
+            let (claimed, connections) =
+                db_retry::retry("claim events", || claim_with_connections(ctx, &ids))
+                    .await
+                    .context("could not claim the events")?;
+            (claimed, Some(connections))
+        } else {
+            let claimed = db_retry::retry("claim events", || claim(ctx, &ids))
+                .await
+                .context("could not claim the events")?;
+            (claimed, None)
+        };
     let mut outcome = BatchOutcome {
         not_claimed: ids.len() - claimed.len(),
         ..BatchOutcome::default()
@@ -246,7 +259,10 @@ pub async fn run(ctx: &JobContext, event_ids: &[Uuid]) -> anyhow::Result<BatchOu
         }
     }
 
-    let connections = read_connections(ctx, &parsed).await?;
+    let connections = match claimed_connections {
+        Some(connections) => connections,
+        None => read_connections(ctx, &parsed).await?,
+    };
     let subscriptions = read_subscriptions(ctx, &parsed).await?;
 
     // One shared read per (connection, issue); the semaphore bounds reads in flight.
@@ -588,6 +604,57 @@ async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
     values.extend(ids_value);
     let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
     Claimed::find_by_statement(statement).all(&ctx.db).await
+}
+
+/// Postgres: [`claim`] as a data-modifying `WITH`, joined to each event's connection (every
+/// column, prefixed `c_`), so the batch's connections need no query of their own. An event whose
+/// connection was deleted meanwhile comes back without it.
+async fn claim_with_connections(
+    ctx: &JobContext,
+    ids: &[Uuid],
+) -> Result<(Vec<Claimed>, HashMap<Uuid, plugin_connection::Model>), DbErr> {
+    use sea_orm::{IdenStatic as _, Iterable as _};
+    let now = Utc::now();
+    let lease_until = now + ctx.settings.lease + ctx.settings.enrichment_budget;
+    let connection_columns: Vec<String> = plugin_connection::Column::iter()
+        .map(|column| format!("c.\"{0}\" AS \"c_{0}\"", column.as_str()))
+        .collect();
+    // `coalesce(status, '')`: see `claim`.
+    let text = format!(
+        "WITH claimed AS ( \
+           UPDATE webhook_event SET status = $1, locked_until = $2, attempts = attempts + 1 \
+           WHERE (coalesce(status, '') = $3 OR (coalesce(status, '') = $1 AND locked_until < $4)) \
+             AND id = ANY($5) \
+           RETURNING id, connection_id, company_id, plugin_id, received_at, attempts, body, \
+             error) \
+         SELECT claimed.*, {} \
+         FROM claimed LEFT JOIN plugin_connection AS c ON c.id = claimed.connection_id",
+        connection_columns.join(", ")
+    );
+    let statement = Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        text,
+        [
+            status::PROCESSING.into(),
+            lease_until.into(),
+            status::RECEIVED.into(),
+            now.into(),
+            ids.to_vec().into(),
+        ],
+    );
+    let mut claimed = Vec::new();
+    let mut connections = HashMap::new();
+    for row in ctx.db.query_all_raw(statement).await? {
+        let event = Claimed::from_query_result(&row, "")?;
+        if !connections.contains_key(&event.connection_id)
+            && row.try_get::<Option<Uuid>>("", "c_id")?.is_some()
+        {
+            let connection = plugin_connection::Model::from_query_result(&row, "c_")?;
+            connections.insert(connection.id, connection);
+        }
+        claimed.push(event);
+    }
+    Ok((claimed, connections))
 }
 
 /// Marks each event of `wave` with its result, if the claim is still this run's; returns the
