@@ -46,6 +46,19 @@ pub fn id_list(backend: DatabaseBackend, ids: &[Uuid], first: usize) -> (String,
     }
 }
 
+/// Every column of `E` as `alias."column" AS "prefix_column"`: the select list of a joined table
+/// whose rows are read back with `Model::from_query_result(row, prefix)`.
+pub fn prefixed_columns<E: sea_orm::EntityTrait>(alias: &str, prefix: &str) -> String {
+    use sea_orm::{IdenStatic as _, Iterable as _};
+    E::Column::iter()
+        .map(|column| {
+            let name = column.as_str();
+            format!("{alias}.\"{name}\" AS \"{prefix}{name}\"")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$n` placeholders as the backend wants them (SQLite: `?n`). The text must hold no other `$`.
 pub fn numbered(backend: DatabaseBackend, text: &str) -> String {
     match backend {

@@ -366,21 +366,9 @@ async fn claim_with_context(ctx: &JobContext, ids: &[Uuid]) -> anyhow::Result<Cl
 /// joined to each delivery's subscription (every column, prefixed `s_`) and event. A delivery
 /// whose subscription or event was deleted meanwhile comes back without them.
 fn claim_with_context_statement(ctx: &JobContext, ids: &[Uuid]) -> Statement {
-    use sea_orm::{IdenStatic as _, Iterable as _};
-    let now = Utc::now();
-    let lease_until = now + ctx.settings.lease + ctx.settings.delivery_timeout;
-    let subscription_columns: Vec<String> = subscription::Column::iter()
-        .map(|column| format!("s.{0} AS s_{0}", column.as_str()))
-        .collect();
-    // `coalesce(status, '')`: see `claim`.
+    let (update, values) = claim_update(ctx, DatabaseBackend::Postgres, ids);
     let text = format!(
-        "WITH claimed AS ( \
-           UPDATE delivery SET status = $1, locked_until = $2, attempts = attempts + 1, \
-             updated_at = $3 \
-           WHERE ((coalesce(status, '') = $4 \
-                   AND (next_attempt_at IS NULL OR next_attempt_at <= $3)) \
-              OR (coalesce(status, '') = $1 AND locked_until < $3)) AND id = ANY($5) \
-           RETURNING id, event_id, subscription_id, attempts), \
+        "WITH claimed AS ({update}), \
          numbered AS ( \
            SELECT claimed.*, \
              row_number() OVER (PARTITION BY event_id ORDER BY id) = 1 AS first_of_event \
@@ -393,19 +381,9 @@ fn claim_with_context_statement(ctx: &JobContext, ids: &[Uuid]) -> Statement {
          FROM numbered AS c \
          LEFT JOIN webhook_event AS e ON e.id = c.event_id \
          LEFT JOIN subscription AS s ON s.id = c.subscription_id",
-        subscription_columns.join(", ")
+        sql::prefixed_columns::<subscription::Entity>("s", "s_")
     );
-    Statement::from_sql_and_values(
-        DatabaseBackend::Postgres,
-        text,
-        [
-            status::IN_FLIGHT.into(),
-            lease_until.into(),
-            now.into(),
-            status::PENDING.into(),
-            ids.to_vec().into(),
-        ],
-    )
+    Statement::from_sql_and_values(DatabaseBackend::Postgres, text, values)
 }
 
 /// The subscriptions of the claimed deliveries, in one query.
@@ -492,10 +470,17 @@ async fn legacy_body(ctx: &JobContext, event_id: Uuid) -> anyhow::Result<Vec<u8>
 
 /// Takes each delivery of `ids` that is due `pending`, or `in_flight` under an expired lease.
 async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
+    let backend = ctx.db.get_database_backend();
+    let (text, values) = claim_update(ctx, backend, ids);
+    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
+    Claimed::find_by_statement(statement).all(&ctx.db).await
+}
+
+/// The claim's `UPDATE … RETURNING` and its values (the ids from `$5`).
+fn claim_update(ctx: &JobContext, backend: DatabaseBackend, ids: &[Uuid]) -> (String, Vec<Value>) {
     let now = Utc::now();
     // The lease outlives the request's own timeout, so a slow but live attempt is not taken over.
     let lease_until = now + ctx.settings.lease + ctx.settings.delivery_timeout;
-    let backend = ctx.db.get_database_backend();
     let (id_filter, ids_value) = sql::id_list(backend, ids, 5);
     // `coalesce(status, '')` (status is never NULL) keeps the planner off the status index:
     // statistics taken before a burst call `pending` rare, and a plan through that index reads
@@ -515,8 +500,7 @@ async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
         status::PENDING.into(),
     ];
     values.extend(ids_value);
-    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
-    Claimed::find_by_statement(statement).all(&ctx.db).await
+    (text, values)
 }
 
 /// Gives claimed deliveries of disabled subscriptions back, unattempted. The sweeper skips

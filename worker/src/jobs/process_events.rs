@@ -580,11 +580,18 @@ async fn release(ctx: &JobContext, finished: &Finished, error: &str) -> anyhow::
 
 /// Takes every event of `ids` that is `received`, or `processing` under an expired lease.
 async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
+    let backend = ctx.db.get_database_backend();
+    let (text, values) = claim_update(ctx, backend, ids);
+    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
+    Claimed::find_by_statement(statement).all(&ctx.db).await
+}
+
+/// The claim's `UPDATE … RETURNING` and its values (the ids from `$5`).
+fn claim_update(ctx: &JobContext, backend: DatabaseBackend, ids: &[Uuid]) -> (String, Vec<Value>) {
     let now = Utc::now();
     // The lease outlives the enrichment budget, so a batch waiting on a slow Jira is not taken
     // over while it is alive.
     let lease_until = now + ctx.settings.lease + ctx.settings.enrichment_budget;
-    let backend = ctx.db.get_database_backend();
     let (id_filter, ids_value) = sql::id_list(backend, ids, 5);
     // `coalesce(status, '')` (status is never NULL) keeps the planner off the status index:
     // statistics taken before a burst call `received` rare, and a plan through that index
@@ -602,8 +609,7 @@ async fn claim(ctx: &JobContext, ids: &[Uuid]) -> Result<Vec<Claimed>, DbErr> {
         now.into(),
     ];
     values.extend(ids_value);
-    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &text), values);
-    Claimed::find_by_statement(statement).all(&ctx.db).await
+    (text, values)
 }
 
 /// Postgres: [`claim`] as a data-modifying `WITH`, joined to each event's connection (every
@@ -613,35 +619,14 @@ async fn claim_with_connections(
     ctx: &JobContext,
     ids: &[Uuid],
 ) -> Result<(Vec<Claimed>, HashMap<Uuid, plugin_connection::Model>), DbErr> {
-    use sea_orm::{IdenStatic as _, Iterable as _};
-    let now = Utc::now();
-    let lease_until = now + ctx.settings.lease + ctx.settings.enrichment_budget;
-    let connection_columns: Vec<String> = plugin_connection::Column::iter()
-        .map(|column| format!("c.\"{0}\" AS \"c_{0}\"", column.as_str()))
-        .collect();
-    // `coalesce(status, '')`: see `claim`.
+    let (update, values) = claim_update(ctx, DatabaseBackend::Postgres, ids);
     let text = format!(
-        "WITH claimed AS ( \
-           UPDATE webhook_event SET status = $1, locked_until = $2, attempts = attempts + 1 \
-           WHERE (coalesce(status, '') = $3 OR (coalesce(status, '') = $1 AND locked_until < $4)) \
-             AND id = ANY($5) \
-           RETURNING id, connection_id, company_id, plugin_id, received_at, attempts, body, \
-             error) \
+        "WITH claimed AS ({update}) \
          SELECT claimed.*, {} \
          FROM claimed LEFT JOIN plugin_connection AS c ON c.id = claimed.connection_id",
-        connection_columns.join(", ")
+        sql::prefixed_columns::<plugin_connection::Entity>("c", "c_")
     );
-    let statement = Statement::from_sql_and_values(
-        DatabaseBackend::Postgres,
-        text,
-        [
-            status::PROCESSING.into(),
-            lease_until.into(),
-            status::RECEIVED.into(),
-            now.into(),
-            ids.to_vec().into(),
-        ],
-    );
+    let statement = Statement::from_sql_and_values(DatabaseBackend::Postgres, text, values);
     let mut claimed = Vec::new();
     let mut connections = HashMap::new();
     for row in ctx.db.query_all_raw(statement).await? {
