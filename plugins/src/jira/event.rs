@@ -1,10 +1,11 @@
 //! Jira webhook payloads parsed into typed events (DESIGN §4 "ProcessEvents").
 //!
-//! Parsing reads the payload as a JSON tree and picks fields out of it with total accessors:
-//! a field of an unexpected type counts as absent instead of failing the whole event, ids are
-//! accepted as strings or numbers (issue links carry numeric ids), and an unknown
-//! `webhookEvent` is kept as is. The only failures are a body that is not JSON or not an object;
-//! parsing never panics (see the randomized test below).
+//! Parsing is total: a field of an unexpected type counts as absent instead of failing the
+//! whole event, ids are accepted as strings or numbers (issue links carry numeric ids), and an
+//! unknown `webhookEvent` is kept as is. The only failures are a body that is not JSON or not an
+//! object; parsing never panics (see the randomized tests below). The body is read straight into
+//! the typed event ([`super::lenient`]), without a `serde_json::Value` of the whole body; the
+//! tests check it against the same rules written as a walk over a `Value` tree.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -186,140 +187,9 @@ impl JiraEvent {
 
 /// Parses a Jira webhook body.
 pub fn parse(body: &[u8]) -> Result<JiraEvent, ParseError> {
-    let value: Value =
+    let root: super::lenient::Root =
         serde_json::from_slice(body).map_err(|error| ParseError::NotJson(error.to_string()))?;
-    parse_value(&value)
-}
-
-/// Parses an already-decoded Jira webhook payload.
-pub fn parse_value(value: &Value) -> Result<JiraEvent, ParseError> {
-    let root = value.as_object().ok_or(ParseError::NotObject)?;
-    let event_type = root
-        .get("webhookEvent")
-        .and_then(Value::as_str)
-        .filter(|name| !name.is_empty())
-        .unwrap_or("unknown")
-        .to_owned();
-    Ok(JiraEvent {
-        event_type,
-        occurred_at: root.get("timestamp").and_then(epoch_millis),
-        issue_event_type_name: string(root.get("issue_event_type_name")),
-        user: root.get("user").and_then(user),
-        issue: root.get("issue").and_then(issue),
-        changelog: root.get("changelog").and_then(changelog),
-        comment: root.get("comment").and_then(comment),
-        worklog: root.get("worklog").and_then(worklog),
-        issue_link: root.get("issueLink").and_then(issue_link),
-    })
-}
-
-/// A string, or a number rendered as one (Jira is inconsistent about ids).
-fn id(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
-}
-
-fn string(value: Option<&Value>) -> Option<String> {
-    value?.as_str().map(str::to_owned)
-}
-
-fn path<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().try_fold(value, |value, key| value.get(key))
-}
-
-fn epoch_millis(value: &Value) -> Option<DateTime<Utc>> {
-    let millis = match value {
-        Value::Number(number) => number.as_i64().or_else(|| {
-            // Some senders emit floats; anything outside i64 is not a timestamp.
-            number
-                .as_f64()
-                .filter(|f| f.is_finite() && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        })?,
-        Value::String(text) => text.trim().parse().ok()?,
-        _ => return None,
-    };
-    DateTime::from_timestamp_millis(millis)
-}
-
-fn user(value: &Value) -> Option<User> {
-    Some(User {
-        account_id: string(value.get("accountId"))?,
-        display_name: string(value.get("displayName")),
-    })
-}
-
-fn issue(value: &Value) -> Option<Issue> {
-    let fields = value.get("fields");
-    let field = |keys: &[&str]| fields.and_then(|fields| string(path(fields, keys)));
-    Some(Issue {
-        id: id(value.get("id"))?,
-        key: string(value.get("key")),
-        summary: field(&["summary"]),
-        project_key: field(&["project", "key"]),
-        issue_type: field(&["issuetype", "name"]),
-        status: field(&["status", "name"]),
-        priority: field(&["priority", "name"]),
-        assignee_account_id: field(&["assignee", "accountId"]),
-    })
-}
-
-fn changelog(value: &Value) -> Option<Changelog> {
-    let items = value
-        .get("items")
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(change_item).collect())
-        .unwrap_or_default();
-    Some(Changelog {
-        id: id(value.get("id")),
-        items,
-    })
-}
-
-fn change_item(value: &Value) -> Option<ChangeItem> {
-    Some(ChangeItem {
-        field: string(value.get("field"))?,
-        field_id: string(value.get("fieldId")),
-        field_type: string(value.get("fieldtype")),
-        from: id(value.get("from")),
-        from_string: string(value.get("fromString")),
-        to: id(value.get("to")),
-        to_string: string(value.get("toString")),
-    })
-}
-
-fn comment(value: &Value) -> Option<Comment> {
-    Some(Comment {
-        id: id(value.get("id"))?,
-        body: value.get("body").filter(|body| !body.is_null()).cloned(),
-        author: value.get("author").and_then(user),
-        created: string(value.get("created")),
-        updated: string(value.get("updated")),
-    })
-}
-
-fn worklog(value: &Value) -> Option<Worklog> {
-    Some(Worklog {
-        id: id(value.get("id"))?,
-        issue_id: id(value.get("issueId")),
-        time_spent_seconds: value.get("timeSpentSeconds").and_then(Value::as_i64),
-        started: string(value.get("started")),
-        author: value.get("author").and_then(user),
-    })
-}
-
-fn issue_link(value: &Value) -> Option<IssueLink> {
-    Some(IssueLink {
-        id: id(value.get("id"))?,
-        source_issue_id: id(value.get("sourceIssueId")),
-        destination_issue_id: id(value.get("destinationIssueId")),
-        link_type: value
-            .get("issueLinkType")
-            .and_then(|link_type| string(link_type.get("name"))),
-    })
+    root.0.ok_or(ParseError::NotObject)
 }
 
 #[cfg(test)]
@@ -328,6 +198,146 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    /// The parsing rules written as a walk over a decoded `Value` tree: the oracle the
+    /// streaming parser is checked against.
+    mod tree_walk {
+        use chrono::{DateTime, Utc};
+        use serde_json::Value;
+
+        use super::super::*;
+
+        /// The parsing rules as a walk over a decoded tree: the reference [`parse`] is tested against.
+        pub(super) fn parse_value(value: &Value) -> Result<JiraEvent, ParseError> {
+            let root = value.as_object().ok_or(ParseError::NotObject)?;
+            let event_type = root
+                .get("webhookEvent")
+                .and_then(Value::as_str)
+                .filter(|name| !name.is_empty())
+                .unwrap_or("unknown")
+                .to_owned();
+            Ok(JiraEvent {
+                event_type,
+                occurred_at: root.get("timestamp").and_then(epoch_millis),
+                issue_event_type_name: string(root.get("issue_event_type_name")),
+                user: root.get("user").and_then(user),
+                issue: root.get("issue").and_then(issue),
+                changelog: root.get("changelog").and_then(changelog),
+                comment: root.get("comment").and_then(comment),
+                worklog: root.get("worklog").and_then(worklog),
+                issue_link: root.get("issueLink").and_then(issue_link),
+            })
+        }
+
+        /// A string, or a number rendered as one (Jira is inconsistent about ids).
+        fn id(value: Option<&Value>) -> Option<String> {
+            match value? {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            }
+        }
+
+        fn string(value: Option<&Value>) -> Option<String> {
+            value?.as_str().map(str::to_owned)
+        }
+
+        fn path<'a>(value: &'a Value, keys: &[&str]) -> Option<&'a Value> {
+            keys.iter().try_fold(value, |value, key| value.get(key))
+        }
+
+        fn epoch_millis(value: &Value) -> Option<DateTime<Utc>> {
+            let millis = match value {
+                Value::Number(number) => number.as_i64().or_else(|| {
+                    // Some senders emit floats; anything outside i64 is not a timestamp.
+                    number
+                        .as_f64()
+                        .filter(|f| f.is_finite() && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                })?,
+                Value::String(text) => text.trim().parse().ok()?,
+                _ => return None,
+            };
+            DateTime::from_timestamp_millis(millis)
+        }
+
+        fn user(value: &Value) -> Option<User> {
+            Some(User {
+                account_id: string(value.get("accountId"))?,
+                display_name: string(value.get("displayName")),
+            })
+        }
+
+        fn issue(value: &Value) -> Option<Issue> {
+            let fields = value.get("fields");
+            let field = |keys: &[&str]| fields.and_then(|fields| string(path(fields, keys)));
+            Some(Issue {
+                id: id(value.get("id"))?,
+                key: string(value.get("key")),
+                summary: field(&["summary"]),
+                project_key: field(&["project", "key"]),
+                issue_type: field(&["issuetype", "name"]),
+                status: field(&["status", "name"]),
+                priority: field(&["priority", "name"]),
+                assignee_account_id: field(&["assignee", "accountId"]),
+            })
+        }
+
+        fn changelog(value: &Value) -> Option<Changelog> {
+            let items = value
+                .get("items")
+                .and_then(Value::as_array)
+                .map(|items| items.iter().filter_map(change_item).collect())
+                .unwrap_or_default();
+            Some(Changelog {
+                id: id(value.get("id")),
+                items,
+            })
+        }
+
+        fn change_item(value: &Value) -> Option<ChangeItem> {
+            Some(ChangeItem {
+                field: string(value.get("field"))?,
+                field_id: string(value.get("fieldId")),
+                field_type: string(value.get("fieldtype")),
+                from: id(value.get("from")),
+                from_string: string(value.get("fromString")),
+                to: id(value.get("to")),
+                to_string: string(value.get("toString")),
+            })
+        }
+
+        fn comment(value: &Value) -> Option<Comment> {
+            Some(Comment {
+                id: id(value.get("id"))?,
+                body: value.get("body").filter(|body| !body.is_null()).cloned(),
+                author: value.get("author").and_then(user),
+                created: string(value.get("created")),
+                updated: string(value.get("updated")),
+            })
+        }
+
+        fn worklog(value: &Value) -> Option<Worklog> {
+            Some(Worklog {
+                id: id(value.get("id"))?,
+                issue_id: id(value.get("issueId")),
+                time_spent_seconds: value.get("timeSpentSeconds").and_then(Value::as_i64),
+                started: string(value.get("started")),
+                author: value.get("author").and_then(user),
+            })
+        }
+
+        fn issue_link(value: &Value) -> Option<IssueLink> {
+            Some(IssueLink {
+                id: id(value.get("id"))?,
+                source_issue_id: id(value.get("sourceIssueId")),
+                destination_issue_id: id(value.get("destinationIssueId")),
+                link_type: value
+                    .get("issueLinkType")
+                    .and_then(|link_type| string(link_type.get("name"))),
+            })
+        }
+    }
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -579,13 +589,24 @@ mod tests {
         }
     }
 
+    /// The streaming parser against the tree walk, on the same JSON text.
+    fn assert_same(value: &Value) {
+        // Both read the same text (a float does not always survive a round trip unchanged).
+        let text = serde_json::to_vec(value).expect("serialises");
+        let tree: Value = serde_json::from_slice(&text).expect("parses back");
+        assert_eq!(
+            parse(&text),
+            tree_walk::parse_value(&tree),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+
     #[test]
-    fn parsing_never_panics_on_arbitrary_json() {
+    fn streaming_matches_the_tree_walk_on_arbitrary_json() {
         let mut rng = StdRng::seed_from_u64(0x6a69_7261);
         for _ in 0..20_000 {
-            let value = random_value(&mut rng, 5);
-            let _ = parse_value(&value);
-            let _ = parse(&serde_json::to_vec(&value).expect("serialises"));
+            assert_same(&random_value(&mut rng, 5));
         }
         let fixtures: Vec<Value> = std::fs::read_dir(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/jira"),
@@ -595,13 +616,57 @@ mod tests {
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("webhook_"))
         .filter_map(|entry| serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok())
         .collect();
+        assert!(fixtures.len() >= 10, "the webhook fixtures are there");
+        for fixture in &fixtures {
+            assert_same(fixture);
+        }
         for _ in 0..2_000 {
             for fixture in &fixtures {
                 let mut value = fixture.clone();
                 mutate(&mut rng, &mut value);
-                let _ = parse_value(&value);
+                assert_same(&value);
             }
         }
+    }
+
+    #[test]
+    fn the_nesting_limit_is_the_trees_also_in_skipped_fields() {
+        for depth in [120, 126, 127, 128, 129, 140, 10_000] {
+            // One object level, then `depth - 1` arrays in a field nobody reads.
+            let body = format!(
+                "{{\"ignored\":{}1{}}}",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            let tree = serde_json::from_slice::<Value>(body.as_bytes());
+            assert_eq!(
+                parse(body.as_bytes()).is_ok(),
+                tree.is_ok(),
+                "depth {depth}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_escaped_keys_read_as_a_tree_reads_them() {
+        // The last duplicate wins, as in a decoded tree; escaped keys are the same keys.
+        let body = br#"{"webhookEvent":"a","webhookEvent":"jira:issue_updated",
+            "issue":{"id":1,"k\u0065y":"ORB-1","fields":{"status":{"name":"x"},"status":5}},
+            "changelog":{"items":[{"field":"f","to":1.5e300}]},"changelog":null,
+            "timestamp":"  1762171500021 ","worklog":{"id":2,"timeSpentSeconds":1.0}}"#;
+        let event = parse(body).expect("parses");
+        let tree: Value = serde_json::from_slice(body).expect("json");
+        assert_eq!(Ok(event.clone()), tree_walk::parse_value(&tree));
+        assert_eq!(event.event_type, "jira:issue_updated");
+        let issue = event.issue.expect("issue");
+        assert_eq!(
+            (issue.id.as_str(), issue.key.as_deref()),
+            ("1", Some("ORB-1"))
+        );
+        assert_eq!(issue.status, None);
+        assert_eq!(event.changelog.map(|c| c.items.len()), Some(0));
+        assert!(event.occurred_at.is_some());
+        assert_eq!(event.worklog.and_then(|w| w.time_spent_seconds), None);
     }
 
     #[test]

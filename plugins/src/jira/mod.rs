@@ -3,6 +3,7 @@
 pub mod dynamic_webhooks;
 pub mod event;
 pub mod jwt;
+mod lenient;
 pub mod oauth;
 pub mod rest;
 pub mod token_manager;

@@ -317,9 +317,7 @@ pub async fn run(ctx: &JobContext, event_ids: &[Uuid]) -> anyhow::Result<BatchOu
 
 /// Parses a stored body: JSON, then a Jira event of any family.
 fn parse(body: &[u8]) -> Result<jira_event::JiraEvent, String> {
-    let raw: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|error| jira_event::ParseError::NotJson(error.to_string()).to_string())?;
-    jira_event::parse_value(&raw).map_err(|error| error.to_string())
+    jira_event::parse(body).map_err(|error| error.to_string())
 }
 
 /// The connections of the batch's events, in one query.
