@@ -12,14 +12,14 @@ use serde_json::Value;
 use crate::runner::JobContext;
 
 /// `enrichment` of a processed event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Enrichment {
     /// `ok`, `skipped` or `failed`.
     pub status: &'static str,
-    /// The issue as the Jira REST API returned it (`ok` only).
+    /// The issue as the Jira REST API returned it, its JSON text unchanged (`ok` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub issue: Option<serde_json::Value>,
+    pub issue: Option<Box<serde_json::value::RawValue>>,
     /// Why enrichment was skipped or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -45,7 +45,7 @@ impl Enrichment {
     }
 
     /// The issue was fetched.
-    pub fn ok(issue: serde_json::Value) -> Self {
+    pub fn ok(issue: Box<serde_json::value::RawValue>) -> Self {
         Self {
             status: "ok",
             issue: Some(issue),
@@ -117,7 +117,7 @@ async fn enrich_within(
     loop {
         let error = match ctx
             .jira
-            .get_issue(connection.id, cloud_id, issue, Some(ENRICHMENT_FIELDS))
+            .get_issue_text(connection.id, cloud_id, issue, Some(ENRICHMENT_FIELDS))
             .await
         {
             Ok(issue) => return Enrichment::ok(issue),

@@ -74,6 +74,30 @@ impl JiraClient {
         key_or_id: &str,
         fields: Option<&str>,
     ) -> Result<serde_json::Value, JiraError> {
+        self.get_issue_as(connection_id, cloud_id, key_or_id, fields)
+            .await
+    }
+
+    /// [`Self::get_issue`], the answer kept as the JSON text Jira sent (checked to be JSON):
+    /// for passing it on unchanged without building and dropping a tree of it.
+    pub async fn get_issue_text(
+        &self,
+        connection_id: Uuid,
+        cloud_id: &str,
+        key_or_id: &str,
+        fields: Option<&str>,
+    ) -> Result<Box<serde_json::value::RawValue>, JiraError> {
+        self.get_issue_as(connection_id, cloud_id, key_or_id, fields)
+            .await
+    }
+
+    async fn get_issue_as<T: serde::de::DeserializeOwned>(
+        &self,
+        connection_id: Uuid,
+        cloud_id: &str,
+        key_or_id: &str,
+        fields: Option<&str>,
+    ) -> Result<T, JiraError> {
         if !is_issue_key(key_or_id) {
             return Err(JiraError::InvalidKey(key_or_id.to_owned()));
         }
