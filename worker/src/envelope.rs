@@ -26,19 +26,35 @@ pub fn stored_payload(
         r#type: &'a str,
         timestamp: String,
     }
-    let head = serde_json::to_string(&Head {
-        r#type: event_type,
-        timestamp: received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-    })?;
-    let data = serde_json::to_string(data)?;
-    let (Some(head), Some(data)) = (head.strip_suffix('}'), data.strip_suffix('}')) else {
-        return Err(serde::ser::Error::custom(
-            "the envelope's parts are not objects",
-        ));
-    };
-    let separator = if data == "{" { "" } else { "," };
-    Ok(format!("{head},\"data\":{data}{separator}\"raw\":"))
+    let not_objects = || serde::ser::Error::custom("the envelope's parts are not objects");
+    // One buffer, written in place: the head without its closing brace, then `data` without
+    // its own, then the start of `raw`.
+    let mut out = Vec::with_capacity(PAYLOAD_CAPACITY);
+    serde_json::to_writer(
+        &mut out,
+        &Head {
+            r#type: event_type,
+            timestamp: received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        },
+    )?;
+    if out.pop() != Some(b'}') {
+        return Err(not_objects());
+    }
+    out.extend_from_slice(b",\"data\":");
+    let data_start = out.len();
+    serde_json::to_writer(&mut out, data)?;
+    if out.get(data_start) != Some(&b'{') || out.pop() != Some(b'}') {
+        return Err(not_objects());
+    }
+    if out.len() > data_start + 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"raw\":");
+    String::from_utf8(out).map_err(serde::ser::Error::custom)
 }
+
+/// Room reserved for a stored payload: a typical envelope with an enriched issue fits.
+const PAYLOAD_CAPACITY: usize = 8 * 1024;
 
 /// The bytes sent to subscribers: the stored payload, the raw body, and the closing braces.
 pub fn body(payload: &str, raw: &[u8]) -> Vec<u8> {
@@ -102,6 +118,20 @@ fn legacy_body(event: &webhook_event::Model) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_payload_is_the_envelope_cut_before_raw() {
+        let received_at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00.123Z")
+            .expect("date")
+            .with_timezone(&Utc);
+        let head = r#"{"type":"t","timestamp":"2026-12-01T10:00:00.123Z","data":{"#;
+        let payload = stored_payload("t", received_at, &serde_json::json!({"a": 1})).expect("ok");
+        assert_eq!(payload, format!(r#"{head}"a":1,"raw":"#));
+        let payload = stored_payload("t", received_at, &serde_json::json!({})).expect("ok");
+        assert_eq!(payload, format!(r#"{head}"raw":"#));
+        assert!(stored_payload("t", received_at, &serde_json::json!([1])).is_err());
+        assert!(stored_payload("t", received_at, &serde_json::json!("x")).is_err());
+    }
 
     #[test]
     fn the_stored_payload_and_the_raw_body_make_the_envelope() {
