@@ -74,23 +74,33 @@ pub async fn enrich(
     issue: Option<&str>,
 ) -> Enrichment {
     let budget = ctx.settings.enrichment_budget;
-    match tokio::time::timeout(budget, enrich_within(ctx, connection, issue, budget)).await {
+    let mut last_error = None;
+    let within = enrich_within(ctx, connection, issue, budget, &mut last_error);
+    match tokio::time::timeout(budget, within).await {
         Ok(enrichment) => enrichment,
         Err(_) => {
             tracing::debug!(connection.id = %connection.id, ?budget, "enrichment budget ran out");
-            Enrichment::failed(format!(
-                "gave up: the enrichment budget of {budget:?} ran out before Jira answered"
-            ))
+            Enrichment::failed(match last_error {
+                Some(error) => format!(
+                    "gave up: the enrichment budget of {budget:?} ran out; the last attempt failed: {error}"
+                ),
+                None => format!(
+                    "gave up: the enrichment budget of {budget:?} ran out before Jira answered"
+                ),
+            })
         }
     }
 }
 
 /// The retry loop of [`enrich`]; it also gives up early when a wait would end past the budget.
+/// Each failed attempt's error is left in `last_error`, so a budget that runs out during a
+/// retry's wait still says why Jira was retried.
 async fn enrich_within(
     ctx: &JobContext,
     connection: &plugin_connection::Model,
     issue: Option<&str>,
     budget: Duration,
+    last_error: &mut Option<String>,
 ) -> Enrichment {
     use plugins::jira::rest::JiraError;
     use plugins::jira::token_manager::TokenError;
@@ -146,6 +156,7 @@ async fn enrich_within(
             }
             _ => None,
         };
+        *last_error = Some(error.to_string());
         match wait {
             Some(wait) if tokio::time::Instant::now() + wait < deadline => {
                 tracing::debug!(connection.id = %connection.id, ?wait, error = %error, "enrichment retrying");
