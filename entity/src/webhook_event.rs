@@ -57,7 +57,9 @@ pub struct Model {
     /// Why the last processing attempt failed.
     #[sea_orm(column_type = "Text", nullable)]
     pub error: Option<String>,
-    /// When processing finished.
+    /// When processing finished: set exactly when the status leaves `received`/`processing`
+    /// (to `processed` or `failed`) and never cleared, so it is NULL on exactly the waiting
+    /// rows (Postgres indexes those rows by it).
     pub processed_at: Option<DateTimeUtc>,
     /// For a replay: the event it replays (same body, processed and delivered again).
     pub replay_of: Option<Uuid>,

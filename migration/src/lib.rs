@@ -24,6 +24,7 @@ mod m20261201_170000_add_payload_to_webhook_event;
 mod m20261201_180000_create_jira_webhook;
 mod m20261201_200000_add_destination_to_subscription;
 mod m20261202_010000_narrow_pipeline_indexes;
+mod m20261203_100000_hot_event_claims;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_180000_create_jira_webhook::Migration),
             Box::new(m20261201_200000_add_destination_to_subscription::Migration),
             Box::new(m20261202_010000_narrow_pipeline_indexes::Migration),
+            Box::new(m20261203_100000_hot_event_claims::Migration),
         ]
     }
 }

@@ -51,6 +51,9 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::min(Expr::col(webhook_event::Column::ReceivedAt))),
             "oldest",
         )
+        // The same rows as the statuses; it lets Postgres read them through the unfinished
+        // rows' partial index (migration `hot_event_claims`).
+        .filter(webhook_event::Column::ProcessedAt.is_null())
         .filter(sql::status_in(&[
             webhook_event::status::RECEIVED,
             webhook_event::status::PROCESSING,

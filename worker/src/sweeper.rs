@@ -124,7 +124,11 @@ async fn release_due_events(ctx: &JobContext, ignore_grace: bool) -> anyhow::Res
         let abandoned = Condition::all()
             .add(sql::status_is(status::PROCESSING))
             .add(expired);
-        Condition::any().add(waiting).add(abandoned)
+        // `processed_at IS NULL` holds for exactly these rows; it lets Postgres read them
+        // through the unfinished rows' partial index (migration `hot_event_claims`).
+        Condition::all()
+            .add(webhook_event::Column::ProcessedAt.is_null())
+            .add(Condition::any().add(waiting).add(abandoned))
     };
     let due_ids = Query::select()
         .column(webhook_event::Column::Id)

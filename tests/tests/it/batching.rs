@@ -27,6 +27,7 @@ on_both_backends!(
     the_sweeper_adds_no_job_for_a_row_whose_job_is_still_queued,
     a_poison_event_ends_failed_after_the_configured_attempts,
     jobs_running_at_once_are_merged_into_one_batch,
+    the_waiting_rows_are_found_and_an_event_claim_adds_no_index_entry,
 );
 
 /// The fixtures a batch is made of: several event families.
@@ -737,6 +738,75 @@ async fn a_poison_event_ends_failed_after_the_configured_attempts(backend: Backe
         .await
         .expect("batch");
     assert_eq!(outcome.processed, 1, "the replay is processed: {outcome:?}");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// The sweeper finds exactly the waiting rows (not a processed one), and on Postgres the claim
+/// of an event is a HOT update: no index of `webhook_event` names a column the claim or the
+/// sweeper's release writes, so the claimed version adds no index entry.
+async fn the_waiting_rows_are_found_and_an_event_claim_adds_no_index_entry(backend: Backend) {
+    let Some((env, app)) = start(backend, Role::Serve).await else {
+        return;
+    };
+    let (_, connection) = company_with_connection(&app).await;
+    let connection = connection_id(&connection);
+    let processed = record_event(&app, connection, &issue_event("ORB-1"), "processed").await;
+    let waiting = record_event(&app, connection, &issue_event("ORB-2"), "waiting").await;
+    let ctx = app.job_context.clone();
+    process_events::run(&ctx, &[processed])
+        .await
+        .expect("batch");
+    assert_eq!(event(&app, processed).await.status, "processed");
+    // Ignoring the grace, a sweep enqueues every waiting row: the one still `received` only.
+    assert_eq!(
+        worker::sweeper::sweep_once(&ctx, true)
+            .await
+            .expect("sweep"),
+        1
+    );
+    assert_eq!(event(&app, waiting).await.status, "received");
+
+    if backend == Backend::PostgresRedis {
+        let rows = app
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'webhook_event'",
+            ))
+            .await
+            .expect("indexes");
+        for row in rows {
+            let definition: String = row.try_get("", "indexdef").expect("indexdef");
+            for column in ["status", "locked_until", "attempts"] {
+                assert!(
+                    !definition.contains(column),
+                    "{definition} names {column}, which a claim writes"
+                );
+            }
+        }
+        // The claim of `processed` and the sweeper's release of `waiting` were HOT (the result
+        // update is not: it sets `processed_at`). The statistics reach the view within seconds.
+        wait_until(
+            Duration::from_secs(30),
+            "the claim is counted as HOT",
+            || async {
+                let row = app
+                    .db
+                    .query_one_raw(Statement::from_string(
+                        sea_orm::DatabaseBackend::Postgres,
+                        "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables \
+                     WHERE relname = 'webhook_event'",
+                    ))
+                    .await
+                    .expect("statistics")?;
+                let updates: i64 = row.try_get("", "n_tup_upd").expect("n_tup_upd");
+                let hot: i64 = row.try_get("", "n_tup_hot_upd").expect("n_tup_hot_upd");
+                (updates >= 3 && hot >= 2).then_some(())
+            },
+        )
+        .await;
+    }
     app.stop().await;
     env.cleanup().await;
 }
