@@ -342,20 +342,27 @@ impl<'de> Deserialize<'de> for PresentChangelog {
     }
 }
 
+/// The text of field `wanted` of a nested object, every other field skipped (the last one
+/// wins if it is repeated, as in a tree).
+fn text_field<'de, A: MapAccess<'de>>(map: A, wanted: &str) -> Result<Option<String>, A::Error> {
+    let mut value = None;
+    for_each_field(map, |key, map| {
+        if key == wanted {
+            value = map.next_value::<Text>()?.0;
+        } else {
+            skip(map)?;
+        }
+        Ok(())
+    })?;
+    Ok(value)
+}
+
 /// The name of a nested object (`{"name": …}`), e.g. `fields.status`.
 struct Named(Option<String>);
 
 impl FromObject for Named {
     fn from_object<'de, A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        let mut name = None;
-        for_each_field(map, |key, map| {
-            match key {
-                "name" => name = map.next_value::<Text>()?.0,
-                _ => skip(map)?,
-            }
-            Ok(())
-        })?;
-        Ok(Some(Self(name)))
+        Ok(Some(Self(text_field(map, "name")?)))
     }
 }
 
@@ -364,15 +371,7 @@ struct Keyed(Option<String>);
 
 impl FromObject for Keyed {
     fn from_object<'de, A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        let mut key_field = None;
-        for_each_field(map, |key, map| {
-            match key {
-                "key" => key_field = map.next_value::<Text>()?.0,
-                _ => skip(map)?,
-            }
-            Ok(())
-        })?;
-        Ok(Some(Self(key_field)))
+        Ok(Some(Self(text_field(map, "key")?)))
     }
 }
 
@@ -381,15 +380,7 @@ struct AccountId(Option<String>);
 
 impl FromObject for AccountId {
     fn from_object<'de, A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
-        let mut account_id = None;
-        for_each_field(map, |key, map| {
-            match key {
-                "accountId" => account_id = map.next_value::<Text>()?.0,
-                _ => skip(map)?,
-            }
-            Ok(())
-        })?;
-        Ok(Some(Self(account_id)))
+        Ok(Some(Self(text_field(map, "accountId")?)))
     }
 }
 
