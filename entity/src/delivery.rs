@@ -31,7 +31,8 @@ pub struct Model {
     pub status: String,
     /// How many attempts were made.
     pub attempts: i32,
-    /// When the next attempt is due, while `pending`.
+    /// When the next attempt is due, while `pending` (while `in_flight`, when the attempt under
+    /// way was due). Every delivery neither `succeeded` nor `dead` has one; those two have none.
     pub next_attempt_at: Option<DateTimeUtc>,
     /// While `in_flight`, the instant after which another worker may take the delivery over.
     pub locked_until: Option<DateTimeUtc>,
@@ -44,7 +45,9 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// When the delivery was last changed.
     pub updated_at: DateTimeUtc,
-    /// When the target accepted it.
+    /// When the target accepted it. Set exactly while `status` is `succeeded`: the result
+    /// update writes both, and a retry through the API clears it. The undelivered rows' partial
+    /// index (`WHERE delivered_at IS NULL`, Postgres) relies on this.
     pub delivered_at: Option<DateTimeUtc>,
 }
 

@@ -25,6 +25,7 @@ mod m20261201_180000_create_jira_webhook;
 mod m20261201_200000_add_destination_to_subscription;
 mod m20261202_010000_narrow_pipeline_indexes;
 mod m20261203_100000_hot_event_claims;
+mod m20261203_200000_hot_delivery_claims;
 
 /// The ordered list of hookline's migrations; run it with `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_200000_add_destination_to_subscription::Migration),
             Box::new(m20261202_010000_narrow_pipeline_indexes::Migration),
             Box::new(m20261203_100000_hot_event_claims::Migration),
+            Box::new(m20261203_200000_hot_delivery_claims::Migration),
         ]
     }
 }

@@ -132,6 +132,9 @@ async fn prune_batch(
     let unfinished_deliveries = Query::select()
         .column(delivery::Column::EventId)
         .from(delivery::Entity)
+        // Holds for every unfinished delivery; lets Postgres read the undelivered rows'
+        // partial index (migration `hot_delivery_claims`) instead of the whole table.
+        .and_where(delivery::Column::DeliveredAt.is_null())
         .and_where(
             delivery::Column::Status
                 .is_in([delivery::status::PENDING, delivery::status::IN_FLIGHT]),

@@ -75,6 +75,9 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::min(Expr::col(delivery::Column::NextAttemptAt))),
             "oldest",
         )
+        // `delivered_at IS NULL` holds for every waiting delivery; it lets Postgres read them
+        // through the undelivered rows' partial index (migration `hot_delivery_claims`).
+        .filter(delivery::Column::DeliveredAt.is_null())
         .filter(sql::status_in(&[
             delivery::status::PENDING,
             delivery::status::IN_FLIGHT,
@@ -93,6 +96,10 @@ pub async fn sample_once(ctx: &JobContext) -> anyhow::Result<()> {
             Expr::expr(Func::count(Expr::col(delivery::Column::Id))),
             "count",
         )
+        // A dead delivery is undelivered and has no next attempt: Postgres counts it from the
+        // NULL entries of the undelivered rows' partial index (migration `hot_delivery_claims`).
+        .filter(delivery::Column::DeliveredAt.is_null())
+        .filter(delivery::Column::NextAttemptAt.is_null())
         .filter(sql::status_is(delivery::status::DEAD))
         .into_tuple()
         .one(&ctx.db)

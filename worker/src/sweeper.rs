@@ -217,6 +217,7 @@ async fn release_due_deliveries(
                 delivery::Column::LockedUntil,
                 Expr::col(delivery::Column::NextAttemptAt),
             )
+            .filter(delivery::Column::DeliveredAt.is_null())
             .filter(sql::status_is(delivery::status::PENDING))
             .filter(delivery::Column::NextAttemptAt.gt(now))
             .exec(&ctx.db)
@@ -243,7 +244,12 @@ async fn release_due_deliveries(
         let abandoned = Condition::all()
             .add(sql::status_is(delivery::status::IN_FLIGHT))
             .add(expired);
-        Condition::any().add(pending).add(abandoned)
+        // `delivered_at IS NULL` holds for every pending and in-flight delivery; it lets
+        // Postgres read them through the undelivered rows' partial index (migration
+        // `hot_delivery_claims`).
+        Condition::all()
+            .add(delivery::Column::DeliveredAt.is_null())
+            .add(Condition::any().add(pending).add(abandoned))
     };
     let enabled_subscriptions = Query::select()
         .column(subscription::Column::Id)

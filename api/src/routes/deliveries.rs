@@ -380,6 +380,12 @@ async fn reschedule(state: &AppState, which: sea_orm::sea_query::SimpleExpr) -> 
             Expr::value(now + state.ingest_grace),
         )
         .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+        // Only a succeeded delivery has `delivered_at`; one sent again is not delivered until
+        // the target accepts it again (the attempts keep the earlier success).
+        .col_expr(
+            delivery::Column::DeliveredAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
         .filter(which)
         .filter(delivery::Column::Status.ne(delivery::status::IN_FLIGHT))
         .exec(&state.db)
