@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::on_both_backends;
+use sea_orm::{ConnectionTrait, Statement};
 
 on_both_backends!(
     a_subscriber_verifying_signatures_receives_every_delivery,
@@ -440,4 +441,143 @@ async fn a_worker_killed_mid_delivery_is_taken_over_by_a_new_worker(backend: Bac
     drop(second);
     app.stop().await;
     env.cleanup().await;
+}
+
+/// A delivery's `delivered_at` is set exactly while it is `succeeded`, and `next_attempt_at`
+/// exactly while it is neither `succeeded` nor `dead`: a dead delivery is counted as dead, and a
+/// succeeded one retried through the API is undelivered again until the target accepts it again.
+/// On Postgres the claim of a delivery is a HOT update: no index of `delivery` names a column
+/// the claim writes, so each claimed version adds no index entry.
+async fn a_retried_delivery_is_undelivered_until_accepted_and_its_claims_add_no_index_entry(
+    backend: Backend,
+) {
+    let Some((env, app)) = start(backend, Role::All).await else {
+        return;
+    };
+    let subscriber = FakeSubscriber::start(Reply::Status(503)).await;
+    let (api_key, connection) = company_with_connection(&app).await;
+    let subscription = create_subscription(&app, &api_key, &subscriber.url).await;
+    let (_, delivery_id) = event_with_delivery(&app, &connection, id_of(&subscription)).await;
+    let dead = wait_for_status(&app, delivery_id, "dead").await;
+    assert_eq!(
+        (dead.next_attempt_at, dead.delivered_at),
+        (None, None),
+        "a dead delivery has no next attempt and was not delivered"
+    );
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        // The sampler runs on this (current) thread, so a thread-local recorder sees it.
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        worker::sampler::sample_once(&app.job_context)
+            .await
+            .expect("sample");
+    }
+    let rendered = handle.render();
+    assert!(
+        rendered.contains("hookline_deliveries_dead 1"),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains("hookline_queue_depth{stage=\"deliver\"} 0"),
+        "{rendered}"
+    );
+
+    subscriber.set_default(Reply::Status(200));
+    let retry = |app: &TestApp| {
+        app.client
+            .post(app.url(&format!("/api/v1/deliveries/{delivery_id}/retry")))
+            .bearer_auth(&api_key)
+            .send()
+    };
+    assert_eq!(retry(&app).await.expect("request").status(), 200);
+    let first = wait_for_status(&app, delivery_id, "succeeded").await;
+    let first_delivered = first
+        .delivered_at
+        .expect("a succeeded delivery was delivered");
+    assert_eq!(first.next_attempt_at, None);
+
+    // Sent again: not delivered until the target accepts it again.
+    let response = retry(&app).await.expect("request");
+    assert_eq!(response.status(), 200);
+    let answered: serde_json::Value = response.json().await.expect("json");
+    if answered["status"] != "succeeded" {
+        assert!(answered["deliveredAt"].is_null(), "{answered}");
+        assert!(!answered["nextAttemptAt"].is_null(), "{answered}");
+    }
+    let second = wait_until(
+        Duration::from_secs(30),
+        "the retried delivery succeeds again",
+        || async {
+            let stored = delivery(&app, delivery_id).await;
+            (stored.status == "succeeded" && stored.attempts == 6).then_some(stored)
+        },
+    )
+    .await;
+    assert!(
+        second.delivered_at.expect("delivered again") > first_delivered,
+        "delivered_at is the second acceptance"
+    );
+    assert_eq!(subscriber.requests().len(), 6);
+
+    if backend == Backend::PostgresRedis {
+        let rows = app
+            .db
+            .query_all_raw(Statement::from_string(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'delivery'",
+            ))
+            .await
+            .expect("indexes");
+        for row in rows {
+            let definition: String = row.try_get("", "indexdef").expect("indexdef");
+            for column in ["status", "locked_until", "attempts", "updated_at"] {
+                assert!(
+                    !definition.contains(column),
+                    "{definition} names {column}, which a claim writes"
+                );
+            }
+        }
+        // Each of the six attempts was claimed by a HOT update (the result updates are not:
+        // they move `next_attempt_at` or set `delivered_at`). The statistics reach the view
+        // within seconds.
+        wait_until(
+            Duration::from_secs(30),
+            "the claims are counted as HOT",
+            || async {
+                let row = app
+                    .db
+                    .query_one_raw(Statement::from_string(
+                        sea_orm::DatabaseBackend::Postgres,
+                        "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'delivery'",
+                    ))
+                    .await
+                    .expect("statistics")?;
+                let hot: i64 = row.try_get("", "n_tup_hot_upd").expect("n_tup_hot_upd");
+                (hot >= 6).then_some(())
+            },
+        )
+        .await;
+    }
+    app.stop().await;
+    env.cleanup().await;
+}
+
+mod a_retried_delivery_is_undelivered_until_accepted_and_its_claims_add_no_index_entry {
+    // Current-thread runtimes: the thread-local metrics recorder must see the sampler's writes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn embedded() {
+        super::a_retried_delivery_is_undelivered_until_accepted_and_its_claims_add_no_index_entry(
+            tests::Backend::Embedded,
+        )
+        .await
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn postgres_redis() {
+        super::a_retried_delivery_is_undelivered_until_accepted_and_its_claims_add_no_index_entry(
+            tests::Backend::PostgresRedis,
+        )
+        .await
+    }
 }
