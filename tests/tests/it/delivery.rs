@@ -464,16 +464,7 @@ async fn a_retried_delivery_is_undelivered_until_accepted_and_its_claims_add_no_
         (None, None),
         "a dead delivery has no next attempt and was not delivered"
     );
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    {
-        // The sampler runs on this (current) thread, so a thread-local recorder sees it.
-        let _guard = metrics::set_default_local_recorder(&recorder);
-        worker::sampler::sample_once(&app.job_context)
-            .await
-            .expect("sample");
-    }
-    let rendered = handle.render();
+    let rendered = sampled_metrics(&app).await;
     assert!(
         rendered.contains("hookline_deliveries_dead 1"),
         "{rendered}"

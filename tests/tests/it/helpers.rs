@@ -464,3 +464,18 @@ pub async fn insert_received_event(
         .expect("push ProcessEvents");
     event_id
 }
+
+/// Samples the backlog gauges once and returns them as Prometheus text. The sampler runs on the
+/// calling thread, so the test must run on a current-thread runtime for the thread-local
+/// recorder to see its writes.
+pub async fn sampled_metrics(app: &TestApp) -> String {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    {
+        let _guard = metrics::set_default_local_recorder(&recorder);
+        worker::sampler::sample_once(&app.job_context)
+            .await
+            .expect("sample");
+    }
+    handle.render()
+}

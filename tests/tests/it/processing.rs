@@ -150,16 +150,7 @@ async fn backlog_gauges_are_sampled_from_the_database(backend: Backend) {
         return;
     };
     post_fixture(&app, "webhook_issue_created.json").await;
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    {
-        // The sampler runs on this (current) thread, so a thread-local recorder sees it.
-        let _guard = metrics::set_default_local_recorder(&recorder);
-        worker::sampler::sample_once(&app.job_context)
-            .await
-            .expect("sample");
-    }
-    let rendered = handle.render();
+    let rendered = sampled_metrics(&app).await;
     assert!(
         rendered.contains("hookline_queue_depth{stage=\"process_event\"} 1"),
         "{rendered}"
