@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::jobs::{Deliver, DeliverRetry, ProcessEvents, deliver, process_events};
 use crate::queue::{Job, JobQueue};
-use crate::wake::{WakeOrPoll, WakeStream};
+use crate::wake::WakeOrPoll;
 use crate::{WorkerSettings, sampler, sweeper};
 
 /// What every job handler gets: the database, the queue, the settings.
@@ -71,8 +71,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = RedisStorage::<$job>::new(conn.clone())
                         .with_config(config)
-                        .poll_with_strategy(wake_or_poll(
-                            &ctx.queue.wake_stream::<$job>(),
+                        // Fetch when a push wakes the worker, and every `poll_interval` regardless
+                        // (Redis pub/sub delivers at most once).
+                        .poll_with_strategy(WakeOrPoll::new(
+                            ctx.queue.wake_stream::<$job>(),
                             poll_interval,
                         ));
                     let worker = WorkerBuilder::new(name)
@@ -91,8 +93,10 @@ macro_rules! spawn_worker {
                         .missed_heartbeats(MISSED_HEARTBEATS);
                     let backend = SqliteStorage::<$job>::new(pool)
                         .with_config(config)
-                        .poll_with_strategy(wake_or_poll(
-                            &ctx.queue.wake_stream::<$job>(),
+                        // Fetch when a push wakes the worker, and every `poll_interval` regardless
+                        // (Redis pub/sub delivers at most once).
+                        .poll_with_strategy(WakeOrPoll::new(
+                            ctx.queue.wake_stream::<$job>(),
                             poll_interval,
                         ));
                     let worker = WorkerBuilder::new(name)
@@ -124,12 +128,6 @@ macro_rules! spawn_worker {
 /// `batch_size <= concurrency`.
 pub fn fetch_batch_size(concurrency: usize) -> usize {
     concurrency.max(1)
-}
-
-/// An idle worker fetches again when a push wakes it, and at `poll_interval` regardless (the
-/// fallback for a lost wake-up: Redis pub/sub delivers at most once).
-fn wake_or_poll(wake: &WakeStream, poll_interval: Duration) -> WakeOrPoll {
-    WakeOrPoll::new(wake.clone(), poll_interval)
 }
 
 /// Worker heartbeat; with [`MISSED_HEARTBEATS`] it bounds how long a crashed worker's jobs stay
@@ -346,8 +344,8 @@ mod tests {
         }
         let done = Arc::new(AtomicUsize::new(0));
         let worker = WorkerBuilder::new("finish-together")
-            .backend(storage.poll_with_strategy(wake_or_poll(
-                &crate::wake::Wakers::default().stream("finish-together"),
+            .backend(storage.poll_with_strategy(WakeOrPoll::new(
+                crate::wake::Wakers::default().stream("finish-together"),
                 Duration::from_millis(10),
             )))
             .data(Arc::new(tokio::sync::Barrier::new(CONCURRENCY)))
